@@ -1,0 +1,1 @@
+"""The HTTP API (Litestar). HTTP only: SQL lives in storage/, domain logic in rag/."""

@@ -1,0 +1,108 @@
+"""`create_app(settings)`: all wiring of the HTTP API in one place.
+
+Served with `granian --interface asgi --factory api.app:app_factory`. Nothing bound to an
+event loop is created at import time: the pool and Redis client are made in the lifespan.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from litestar import Litestar
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.types import ASGIApp, Receive, Scope, Send
+from redis.asyncio import Redis
+
+from api import paths
+from api.admin.controllers import TenantAdminController, TenantMembersController
+from api.auth import ApiKeyAuthMiddleware
+from api.deps import dependencies
+from api.health.controllers import HealthController
+from api.me import MeController
+from api.problems import exception_handlers
+from core.errors import QuarryError
+from core.logs import configure_logging, request_id_var
+from core.settings import Settings, load_settings
+from storage.db import create_pool
+from storage.urls import with_credentials
+
+__all__ = ["app_factory", "create_app"]
+
+
+def app_database_url(settings: Settings) -> str:
+    """The application role's URL, derived from the owner URL (RLS applies to this role)."""
+    if settings.database_url is None:
+        raise QuarryError("DATABASE_URL is not set; start the platform with `quarry up`")
+    return with_credentials(settings.database_url, settings.app_db_user, settings.app_db_password)
+
+
+def _request_id_middleware(app: ASGIApp) -> ASGIApp:
+    async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+        token = request_id_var.set(rid)
+
+        async def send_with_id(message: dict) -> None:  # type: ignore[type-arg]
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)  # type: ignore[arg-type]
+
+        try:
+            await app(scope, receive, send_with_id)  # type: ignore[arg-type]
+        finally:
+            request_id_var.reset(token)
+
+    return middleware
+
+
+def create_app(settings: Settings) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        # min_size=0: the API starts (and /readyz can say 503) even while Postgres is down.
+        app.state.pool = await create_pool(
+            app_database_url(settings), min_size=0, max_size=settings.db_pool_max,
+            statement_timeout_ms=settings.db_statement_timeout_ms,
+        )
+        app.state.redis = Redis.from_url(
+            settings.redis_url or "redis://127.0.0.1:6379/0",
+            socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
+        )
+        app.state.settings = settings
+        try:
+            yield
+        finally:
+            await app.state.redis.aclose()
+            await app.state.pool.close()
+
+    return Litestar(
+        route_handlers=[HealthController, MeController, TenantAdminController, TenantMembersController],
+        lifespan=[lifespan],
+        dependencies=dependencies,
+        exception_handlers=exception_handlers,
+        middleware=[
+            _request_id_middleware,
+            DefineMiddleware(ApiKeyAuthMiddleware, exclude=[f"^{p}" for p in paths.PUBLIC]),
+        ],
+        request_max_body_size=settings.max_json_bytes,
+        openapi_config=OpenAPIConfig(
+            title="Quarry API",
+            version="0.1.0",
+            path=paths.DOCS,
+            render_plugins=[ScalarRenderPlugin(), SwaggerRenderPlugin(path="/swagger")],
+        ),
+        debug=False,
+    )
+
+
+def app_factory() -> Litestar:
+    """Granian entry point (`--factory`): settings from the environment."""
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    return create_app(settings)

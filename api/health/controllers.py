@@ -1,0 +1,61 @@
+"""Liveness and readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+from litestar import Controller, Response, get
+from redis.asyncio import Redis
+
+from api import paths
+from api.deps import DbPool, RedisClient
+from api.problems import PROBLEM_JSON
+
+_CHECK_TIMEOUT_S = 2.0
+
+
+async def _check_postgres(pool: DbPool) -> str:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S), pool.acquire() as conn:
+            await conn.fetchval("SELECT 1")
+    except Exception as exc:  # any failure means "not ready"; report its kind, not secrets
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+async def _check_redis(redis: RedisClient) -> str:
+    try:
+        async with asyncio.timeout(_CHECK_TIMEOUT_S):
+            await redis.ping()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+class HealthController(Controller):
+    tags = ["health"]
+    opt = {"exclude_from_auth": True}
+
+    @get(paths.HEALTHZ, operation_id="healthz", sync_to_thread=False)
+    def healthz(self) -> dict[str, str]:
+        """Liveness: the process answers."""
+        return {"status": "ok"}
+
+    @get(paths.READYZ, operation_id="readyz")
+    async def readyz(self, pool: DbPool, redis: RedisClient) -> Response[dict[str, Any]]:
+        """Readiness: 200 when Postgres and Redis answer, 503 with per-check details otherwise."""
+        pg, rd = await asyncio.gather(_check_postgres(pool), _check_redis(redis))
+        checks = {"postgres": pg, "redis": rd}
+        if pg == "ok" and rd == "ok":
+            return Response({"status": "ready", "checks": checks})
+        body = {
+            "type": "https://quarry.dev/problems/unavailable",
+            "title": "Service unavailable",
+            "status": 503,
+            "detail": "a dependency is not answering",
+            "instance": paths.READYZ,
+            "checks": checks,
+        }
+        return Response(body, status_code=503, media_type=PROBLEM_JSON, headers={"Retry-After": "5"})

@@ -1,0 +1,16 @@
+"""Every URL path of the API, in one place."""
+
+HEALTHZ = "/healthz"
+READYZ = "/readyz"
+DOCS = "/docs"
+
+V1 = "/v1"
+ME = f"{V1}/me"
+ADMIN = f"{V1}/admin"
+ADMIN_TENANTS = f"{ADMIN}/tenants"
+ADMIN_USERS = f"{ADMIN}/users"
+ADMIN_KEYS = f"{ADMIN}/keys"
+ADMIN_KEY = f"{ADMIN_KEYS}/{{key_id:uuid}}"
+
+# Reachable without an API key.
+PUBLIC = [HEALTHZ, READYZ, DOCS]

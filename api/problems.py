@@ -1,0 +1,80 @@
+"""Every error leaves as an RFC 9457 problem (`application/problem+json`), never a traceback."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.types import ExceptionHandlersMap
+
+from core.errors import QuarryError
+
+__all__ = ["exception_handlers", "problem"]
+
+PROBLEM_JSON = "application/problem+json"
+_log = logging.getLogger("quarry.api")
+
+_TITLES = {
+    400: "Bad request", 401: "Unauthorized", 403: "Forbidden", 404: "Not found",
+    405: "Method not allowed", 409: "Conflict", 413: "Payload too large",
+    415: "Unsupported media type", 422: "Unprocessable content", 429: "Too many requests",
+    500: "Internal error", 503: "Service unavailable",
+}
+
+
+def problem(
+    request: Request[Any, Any, Any], status: int, detail: str, *, title: str | None = None,
+    slug: str | None = None, headers: dict[str, str] | None = None, **extra: Any,
+) -> Response[dict[str, Any]]:
+    body: dict[str, Any] = {
+        "type": f"https://quarry.dev/problems/{slug or status}",
+        "title": title or _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+        "instance": request.url.path,
+        **extra,
+    }
+    return Response(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def _quarry_error(request: Request[Any, Any, Any], exc: QuarryError) -> Response[dict[str, Any]]:
+    return problem(request, exc.status, exc.detail, title=exc.title, slug=exc.type_slug,
+                   headers=exc.headers or None, **exc.extra)
+
+
+def _validation_error(
+    request: Request[Any, Any, Any], exc: ValidationException
+) -> Response[dict[str, Any]]:
+    # Litestar uses 400 both for undecodable bodies and for well-formed bodies of the wrong
+    # shape. Only the first is a syntax error; the second is unprocessable content (422).
+    errors = exc.extra if isinstance(exc.extra, list) else []
+    malformed = "malformed" in str(exc.detail).lower() or any(
+        "malformed" in str(e.get("message", "")).lower() for e in errors if isinstance(e, dict)
+    )
+    if malformed:
+        return problem(request, 400, "the request body is not valid JSON", slug="malformed-body")
+    return problem(request, 422, str(exc.detail), slug="validation", errors=errors)
+
+
+def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
+    detail = str(exc.detail)
+    if exc.status_code == 413:
+        detail = "the request body is larger than this endpoint accepts"
+    extra = {"errors": exc.extra} if exc.extra else {}
+    return problem(request, exc.status_code, detail, headers=exc.headers or None, **extra)
+
+
+def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    _log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(request, 500, "an unexpected error occurred; it has been logged")
+
+
+exception_handlers: ExceptionHandlersMap = {
+    QuarryError: _quarry_error,
+    ValidationException: _validation_error,
+    HTTPException: _http_error,
+    Exception: _unexpected,
+}
+

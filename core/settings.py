@@ -1,0 +1,148 @@
+"""Quarry's settings: one msgspec Struct read from the environment and an optional `.env`.
+
+This package sits below every other one (api, jobs, pipelines, rag, storage and ops all
+read settings), so it imports nothing of the project's own.
+
+Each field maps to one environment variable: ``QUARRY_<FIELD>`` in upper case, except
+the conventional names in ``_ENV_NAMES_BY_FIELD`` (``DATABASE_URL``, ``REDIS_URL``, ...).
+Real environment variables win over `.env`. A bad value raises `SettingsError` whose
+message names the variable; the CLI prints it on one line and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+__all__ = ["Settings", "SettingsError", "env_name", "load_settings"]
+
+_ENV_NAMES_BY_FIELD = {
+    "database_url": "DATABASE_URL",
+    "database_replica_urls": "DATABASE_REPLICA_URLS",
+    "redis_url": "REDIS_URL",
+    "sentry_dsn": "SENTRY_DSN",
+}
+
+
+def _default_workers() -> int:
+    return max(2, min(8, os.cpu_count() or 2))
+
+
+Port = Annotated[int, msgspec.Meta(ge=1, le=65535)]
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class SettingsError(ValueError):
+    """A setting has an invalid value; the message names the environment variable."""
+
+
+class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=True):
+    # --- infrastructure (unset = embedded servers under data_dir) ---
+    database_url: str | None = None
+    """Postgres URL of the owner/migration role. Unset: embedded Postgres under data_dir."""
+    database_replica_urls: str = ""
+    """Comma-separated read-replica URLs (reserved for read routing)."""
+    redis_url: str | None = None
+    """Redis/Valkey URL. Unset: embedded Valkey under data_dir."""
+    data_dir: str = ".data"
+    """Where embedded Postgres/Valkey/Dagster keep their data."""
+
+    # --- application database role (RLS is enforced on it) ---
+    app_db_user: str = "quarry_app"
+    app_db_password: str | None = None
+    db_pool_min: Annotated[int, msgspec.Meta(ge=0)] = 1
+    db_pool_max: PositiveInt = 10
+    db_statement_timeout_ms: PositiveInt = 30_000
+
+    # --- serving ---
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    api_workers: Annotated[int, msgspec.Meta(ge=1, le=64)] = msgspec.field(
+        default_factory=_default_workers
+    )
+    arq_workers: Annotated[int, msgspec.Meta(ge=0, le=16)] = 1
+    dagster: bool = True
+    """Start the Dagster webserver and daemon with `quarry up`."""
+    dagster_port: Port = 3000
+    max_json_bytes: PositiveInt = 1_048_576
+    """Largest accepted JSON request body."""
+
+    # --- observability ---
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    otel_exporter: Literal["none", "console", "otlp"] = "none"
+    sentry_dsn: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.database_url is not None and not re.match(r"postgres(ql)?://", self.database_url):
+            raise ValueError("must start with postgresql:// - at `$.database_url`")
+        if self.redis_url is not None and not re.match(r"(redis|rediss|unix)://", self.redis_url):
+            raise ValueError("must start with redis://, rediss:// or unix:// - at `$.redis_url`")
+        if self.db_pool_min > self.db_pool_max:
+            raise ValueError("must not exceed QUARRY_DB_POOL_MAX - at `$.db_pool_min`")
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir).resolve()
+
+    @property
+    def replica_urls(self) -> list[str]:
+        return [u.strip() for u in self.database_replica_urls.split(",") if u.strip()]
+
+
+def env_name(field: str) -> str:
+    return _ENV_NAMES_BY_FIELD.get(field, f"QUARRY_{field.upper()}")
+
+
+_FIELD_BY_ENV = {env_name(f): f for f in Settings.__struct_fields__}
+
+
+def _read_dotenv(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines; blank lines and # comments ignored; optional quotes stripped."""
+    values: dict[str, str] = {}
+    if not path.is_file():
+        return values
+    for raw in path.read_text().splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#") or "=" not in line:
+            continue
+        key, _, value = line.removeprefix("export ").partition("=")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip()] = value
+    return values
+
+
+def load_settings(
+    environ: dict[str, str] | None = None, dotenv: Path | None = Path(".env"), **overrides: Any
+) -> Settings:
+    """Build Settings from `.env`, then the environment, then explicit overrides."""
+    raw: dict[str, Any] = {}
+    sources = [_read_dotenv(dotenv) if dotenv else {}, dict(os.environ if environ is None else environ)]
+    for source in sources:
+        for key, value in source.items():
+            field = _FIELD_BY_ENV.get(key)
+            if field is not None:
+                # An empty variable means "unset" for optional values.
+                raw[field] = None if value == "" and field in _NULLABLE else value
+    raw.update(overrides)
+    try:
+        return msgspec.convert(raw, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise SettingsError(_describe(str(exc))) from None
+
+
+_NULLABLE = {"database_url", "redis_url", "sentry_dsn", "app_db_password"}
+
+
+def _describe(message: str) -> str:
+    """Turn msgspec's "... - at `$.api_workers`" into "QUARRY_API_WORKERS: ..."."""
+    match = re.search(r"^(.*?) - at `\$\.(\w+)`", message)
+    if not match:
+        return f"invalid settings: {message}"
+    reason, field = match.groups()
+    return f"invalid setting {env_name(field)}: {reason}"

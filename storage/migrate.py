@@ -1,0 +1,138 @@
+"""Ordered SQL migrations, applied once each under an advisory lock, with checksums.
+
+Files `storage/migrations/NNNN_name.sql` run in order, each in its own transaction, and are
+recorded in `schema_migrations` with the sha256 of their text. Editing a migration that was
+already applied is an error (write a new one instead). After migrating, the application
+role is created or updated: a LOGIN role that is neither superuser nor BYPASSRLS, so
+row-level security always applies to the API, workers and pipelines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+
+__all__ = ["Migration", "MigrationError", "ensure_app_role", "ensure_database", "load_migrations",
+           "migrate"]
+
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_LOCK_KEY = 0x5175_6172_7279  # "Quarry": serialises concurrent `quarry migrate` runs
+_NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
+
+
+class MigrationError(RuntimeError):
+    """The database's migration history does not match the files on disk."""
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    sql: str
+
+    @property
+    def checksum(self) -> str:
+        return hashlib.sha256(self.sql.encode()).hexdigest()
+
+
+def load_migrations(directory: Path = MIGRATIONS_DIR) -> list[Migration]:
+    migrations = []
+    for path in sorted(directory.glob("*.sql")):
+        match = _NAME.match(path.name)
+        if not match:
+            raise MigrationError(f"bad migration file name: {path.name}")
+        migrations.append(Migration(int(match[1]), match[2], path.read_text()))
+    versions = [m.version for m in migrations]
+    if len(set(versions)) != len(versions):
+        raise MigrationError("two migration files share a version number")
+    return migrations
+
+
+async def migrate(admin_url: str, directory: Path = MIGRATIONS_DIR) -> list[str]:
+    """Apply pending migrations; returns the names applied (empty when up to date)."""
+    migrations = load_migrations(directory)
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        try:
+            return await _apply(conn, migrations)
+        finally:
+            await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    finally:
+        await conn.close()
+
+
+async def _apply(conn: asyncpg.Connection, migrations: list[Migration]) -> list[str]:
+    await conn.execute(
+        """CREATE TABLE IF NOT EXISTS schema_migrations (
+               version int PRIMARY KEY, name text NOT NULL, checksum text NOT NULL,
+               applied_at timestamptz NOT NULL DEFAULT now())"""
+    )
+    applied = {r["version"]: r for r in await conn.fetch("SELECT * FROM schema_migrations")}
+    done = []
+    for migration in migrations:
+        row = applied.get(migration.version)
+        if row is not None:
+            if row["checksum"] != migration.checksum:
+                raise MigrationError(
+                    f"migration {migration.version:04d}_{migration.name} was changed after it "
+                    "was applied; add a new migration instead"
+                )
+            continue
+        async with conn.transaction():
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version, migration.name, migration.checksum,
+            )
+        done.append(f"{migration.version:04d}_{migration.name}")
+    return done
+
+
+async def ensure_app_role(admin_url: str, role: str, password: str | None) -> None:
+    """Create/update the application role and grant it table access (idempotent)."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
+        ident = _quote_ident(role)
+        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
+        if not exists:
+            await conn.execute(f"CREATE ROLE {ident} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE")
+        await conn.execute(f"ALTER ROLE {ident} LOGIN NOSUPERUSER NOBYPASSRLS")
+        if password:
+            # Parameters cannot be bound in utility statements; quote it as a literal.
+            literal = await conn.fetchval("SELECT quote_literal($1)", password)
+            await conn.execute(f"ALTER ROLE {ident} PASSWORD {literal}")
+        database = await conn.fetchval("SELECT current_database()")
+        await conn.execute(f"GRANT CONNECT ON DATABASE {_quote_ident(database)} TO {ident}")
+        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
+        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ident}")
+        await conn.execute(f"REVOKE ALL ON schema_migrations FROM {ident}")
+        await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {ident}")
+        await conn.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {ident}")
+        await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
+    finally:
+        await conn.close()
+
+
+async def ensure_database(admin_url: str, name: str) -> bool:
+    """Create database `name` on the server of `admin_url` if missing; True if created."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        if await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+            return False
+        try:
+            await conn.execute(f"CREATE DATABASE {_quote_ident(name)}")
+        except asyncpg.DuplicateDatabaseError:  # created concurrently
+            return False
+        return True
+    finally:
+        await conn.close()
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'

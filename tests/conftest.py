@@ -1,0 +1,133 @@
+"""Shared test infrastructure: ONE embedded Postgres (+pgvector) and ONE Valkey per session.
+
+Tests isolate themselves with fresh tenants (see `make_tenant`), not fresh servers. The API
+and all tenant queries go through the non-superuser app role, so row-level security is real.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from litestar.testing import AsyncTestClient
+
+from api.app import app_database_url, create_app
+from core.settings import Settings, load_settings
+from storage.db import create_pool
+from storage.embedded import EmbeddedPostgres, EmbeddedValkey
+from storage.migrate import ensure_app_role, ensure_database, migrate
+from storage.models import Tenant
+from storage.repositories import api_keys, tenants
+from storage.tenancy import tenant_tx
+from storage.urls import with_database
+
+TEST_DB = "quarry_test"
+
+
+@dataclass
+class Servers:
+    postgres: EmbeddedPostgres
+    valkey: EmbeddedValkey
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    root = tmp_path_factory.mktemp("servers")
+    pg = EmbeddedPostgres(root / "pg")
+    valkey = EmbeddedValkey(root / "valkey")
+    pg.start()
+    try:
+        valkey.start()
+        try:
+            yield Servers(pg, valkey)
+        finally:
+            valkey.stop()
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+async def admin_url(servers: Servers) -> str:
+    """Owner/migration role URL of a migrated test database."""
+    await ensure_database(servers.postgres.url(), TEST_DB)
+    url = with_database(servers.postgres.url(), TEST_DB)
+    await migrate(url)
+    await ensure_app_role(url, "quarry_app", None)
+    return url
+
+
+@pytest.fixture(scope="session")
+def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(
+        environ={}, dotenv=None, database_url=admin_url, redis_url=servers.valkey.url,
+        data_dir=str(tmp_path_factory.mktemp("data")), db_pool_max=10,
+    )
+
+
+@pytest.fixture(scope="session")
+async def pool(settings: Settings) -> AsyncIterator[asyncpg.Pool]:
+    """Pool of the application role (RLS applies)."""
+    pool = await create_pool(app_database_url(settings), min_size=1, max_size=5)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def owner_pool(admin_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """Pool of the owner/superuser role: for test setup only, never for isolation checks."""
+    pool = await create_pool(admin_url, min_size=1, max_size=3)
+    yield pool
+    await pool.close()
+
+
+_counter = itertools.count()
+
+
+@dataclass
+class TenantHandle:
+    tenant: Tenant
+    admin_key: str
+
+    @property
+    def id(self) -> uuid.UUID:
+        return self.tenant.id
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.admin_key}"}
+
+
+@pytest.fixture
+def make_tenant(pool: asyncpg.Pool, owner_pool: asyncpg.Pool) -> Callable[..., Awaitable[TenantHandle]]:
+    """A fresh tenant with an admin key; `operator=True` makes it a platform operator."""
+
+    async def factory(operator: bool = False) -> TenantHandle:
+        name = f"t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
+        async with pool.acquire() as conn:
+            tenant = await tenants.create_tenant(conn, name)
+        if operator:
+            async with owner_pool.acquire() as conn:
+                await tenants.set_operator(conn, tenant.id, True)
+            tenant.is_operator = True
+        async with tenant_tx(pool, tenant.id) as conn:
+            key, _ = await api_keys.create_key(conn, tenant.id, "admin")
+        return TenantHandle(tenant, key)
+
+    return factory
+
+
+@pytest.fixture
+async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type: ignore[type-arg]
+    async with AsyncTestClient(app=create_app(settings)) as test_client:
+        yield test_client
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return Path(__file__).resolve().parent.parent
