@@ -30,7 +30,9 @@ def _unauthorized(detail: str) -> Unauthorized:
 
 
 class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
-    async def authenticate_request(self, connection: ASGIConnection[Any, Any, Any, Any]) -> AuthenticationResult:
+    async def authenticate_request(
+        self, connection: ASGIConnection[Any, Any, Any, Any]
+    ) -> AuthenticationResult:
         header = connection.headers.get("authorization")
         if not header:
             raise _unauthorized("missing Authorization header (expected 'Bearer <api key>')")

@@ -20,7 +20,7 @@ AppSettings = NamedDependency[Settings]
 
 
 def _pool(state: State) -> asyncpg.Pool:
-    return state.pool  # type: ignore[no-any-return]
+    return state.pool
 
 
 def _redis(state: State) -> Redis:

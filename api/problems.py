@@ -62,7 +62,7 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     detail = str(exc.detail)
     if exc.status_code == 413:
         detail = "the request body is larger than this endpoint accepts"
-    extra = {"errors": exc.extra} if exc.extra else {}
+    extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}
     return problem(request, exc.status_code, detail, headers=exc.headers or None, **extra)
 
 

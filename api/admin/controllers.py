@@ -6,16 +6,23 @@ from datetime import datetime
 from typing import Annotated
 from uuid import UUID
 
-
 from litestar import Controller, Request, delete, get, post
+from litestar.datastructures import State
 from litestar.params import FromPath, FromQuery, JSONBody, QueryParameter
 
 from api import paths
-from api.deps import DbPool
 from api.admin.schemas import (
-    CreateKey, CreateTenant, CreateUser, KeyList, NewKey, NewTenant, TenantPage, UserPage,
+    CreateKey,
+    CreateTenant,
+    CreateUser,
+    KeyList,
+    NewKey,
+    NewTenant,
+    TenantPage,
+    UserPage,
 )
 from api.auth import require_operator, require_role
+from api.deps import DbPool
 from api.pagination import decode_cursor, encode_cursor
 from core.errors import Unprocessable
 from storage.models import Principal, User
@@ -24,7 +31,7 @@ from storage.tenancy import tenant_tx
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
 Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
-AnyRequest = Request[Principal, UUID, object]
+AnyRequest = Request[Principal, UUID, State]
 
 
 class TenantAdminController(Controller):
@@ -100,7 +107,9 @@ class TenantMembersController(Controller):
         return NewKey(key=key, api_key=record)
 
     @get(paths.ADMIN_KEYS, operation_id="listKeys")
-    async def list_keys(self, request: AnyRequest, pool: DbPool, include_revoked: FromQuery[bool] = False) -> KeyList:
+    async def list_keys(
+        self, request: AnyRequest, pool: DbPool, include_revoked: FromQuery[bool] = False
+    ) -> KeyList:
         """List the caller's tenant's keys (prefixes only, never secrets)."""
         async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
             return KeyList(items=await api_keys.list_keys(conn, include_revoked))

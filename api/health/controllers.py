@@ -5,9 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import asyncpg
 from litestar import Controller, Response, get
-from redis.asyncio import Redis
 
 from api import paths
 from api.deps import DbPool, RedisClient

@@ -1,0 +1,1 @@
+"""arq workers: short asynchronous tasks (ingestion, embedding) run outside the API."""

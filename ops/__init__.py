@@ -1,0 +1,1 @@
+"""Operations: the `quarry` CLI, the `quarry up` supervisor, deployment configs."""

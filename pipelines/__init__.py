@@ -1,0 +1,1 @@
+"""Dagster definitions: scheduled syncs, backfills and corpus checks (see definitions.py)."""

@@ -1,0 +1,1 @@
+"""The domain core, framework-free: parsing, chunking, embedders, retrieval, the agent loop."""
