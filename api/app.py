@@ -15,7 +15,7 @@ from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
-from litestar.types import ASGIApp, Receive, Scope, Send
+from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from redis.asyncio import Redis
 
 from api import paths
@@ -41,26 +41,42 @@ def app_database_url(settings: Settings) -> str:
     return with_credentials(settings.database_url, settings.app_db_user, settings.app_db_password)
 
 
+_REQUEST_ID_KEY = "quarry.request_id"
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID when it is sane, else a new one; fixed once per request."""
+    rid = scope.get(_REQUEST_ID_KEY)
+    if not isinstance(rid, str):
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
+        scope[_REQUEST_ID_KEY] = rid  # type: ignore[literal-required]
+    return rid
+
+
 def _request_id_middleware(app: ASGIApp) -> ASGIApp:
+    """Makes the request id available to logs while the route runs."""
+
     async def middleware(scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != ScopeType.HTTP:
             await app(scope, receive, send)
             return
-        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
-        rid = incoming[:64] if incoming.isprintable() and incoming else uuid.uuid4().hex
-        token = request_id_var.set(rid)
-
-        async def send_with_id(message: dict) -> None:  # type: ignore[type-arg]
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
-            await send(message)  # type: ignore[arg-type]
-
+        token = request_id_var.set(_request_id(scope))
         try:
-            await app(scope, receive, send_with_id)  # type: ignore[arg-type]
+            await app(scope, receive, send)
         finally:
             request_id_var.reset(token)
 
     return middleware
+
+
+def _send_request_id(message: Message, scope: Scope) -> None:
+    """A before-send hook, so every response carries the id: also the 401s raised by the
+    auth middleware and the 404/405s of routing, which no route middleware sees."""
+    if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
+        headers = list(message.get("headers") or [])
+        headers.append((b"x-request-id", _request_id(scope).encode()))
+        message["headers"] = headers
 
 
 def create_app(settings: Settings) -> Litestar:
@@ -87,6 +103,7 @@ def create_app(settings: Settings) -> Litestar:
         lifespan=[lifespan],
         dependencies=dependencies,
         exception_handlers=exception_handlers,
+        before_send=[_send_request_id],
         middleware=[
             _request_id_middleware,
             DefineMiddleware(ApiKeyAuthMiddleware, exclude=[f"^{p}" for p in paths.PUBLIC]),

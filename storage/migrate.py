@@ -9,6 +9,7 @@ row-level security always applies to the API, workers and pipelines.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import re
 from dataclasses import dataclass
@@ -99,24 +100,45 @@ async def ensure_app_role(admin_url: str, role: str, password: str | None) -> No
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", _LOCK_KEY)
         ident = _quote_ident(role)
-        exists = await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role)
-        if not exists:
-            await conn.execute(f"CREATE ROLE {ident} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE")
-        await conn.execute(f"ALTER ROLE {ident} LOGIN NOSUPERUSER NOBYPASSRLS")
-        if password:
-            # Parameters cannot be bound in utility statements; quote it as a literal.
-            literal = await conn.fetchval("SELECT quote_literal($1)", password)
-            await conn.execute(f"ALTER ROLE {ident} PASSWORD {literal}")
+        await _ensure_role(conn, role, password)
         database = await conn.fetchval("SELECT current_database()")
         await conn.execute(f"GRANT CONNECT ON DATABASE {_quote_ident(database)} TO {ident}")
         await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
         await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ident}")
         await conn.execute(f"REVOKE ALL ON schema_migrations FROM {ident}")
+        # Tenants (and operator status) are created through SECURITY DEFINER functions or
+        # changed by ops with the owner role: RLS alone would let a tenant edit its own row.
+        await conn.execute(f"REVOKE INSERT, UPDATE, DELETE ON tenants FROM {ident}")
         await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {ident}")
         await conn.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {ident}")
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     finally:
         await conn.close()
+
+
+async def _ensure_role(conn: asyncpg.Connection, role: str, password: str | None) -> None:
+    """Roles are cluster-wide but advisory locks are per database: runs against other
+    databases of the same server may race us here, so retry their conflicts."""
+    ident = _quote_ident(role)
+    for attempt in range(10):
+        try:
+            if not await conn.fetchval("SELECT 1 FROM pg_roles WHERE rolname = $1", role):
+                await conn.execute(
+                    f"CREATE ROLE {ident} LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE"
+                )
+            await conn.execute(f"ALTER ROLE {ident} LOGIN NOSUPERUSER NOBYPASSRLS")
+            if password:
+                # Parameters cannot be bound in utility statements; quote it as a literal.
+                literal = await conn.fetchval("SELECT quote_literal($1)", password)
+                await conn.execute(f"ALTER ROLE {ident} PASSWORD {literal}")
+            return
+        except (asyncpg.DuplicateObjectError, asyncpg.UniqueViolationError,
+                asyncpg.InternalServerError) as exc:
+            # "role already exists" (either form) or "tuple concurrently updated"
+            raced = not isinstance(exc, asyncpg.InternalServerError) or "concurrently" in str(exc)
+            if not raced or attempt == 9:
+                raise
+            await asyncio.sleep(0.01 * (attempt + 1))
 
 
 async def ensure_database(admin_url: str, name: str) -> bool:

@@ -24,7 +24,7 @@ from api.admin.schemas import (
 from api.auth import require_operator, require_role
 from api.deps import DbPool
 from api.pagination import decode_cursor, encode_cursor
-from core.errors import Unprocessable
+from core.errors import BadRequest, Unprocessable
 from storage.models import Principal, User
 from storage.repositories import api_keys, tenants, users
 from storage.tenancy import tenant_tx
@@ -50,7 +50,12 @@ class TenantAdminController(Controller):
     @get(paths.ADMIN_TENANTS, operation_id="listTenants")
     async def list_tenants(self, pool: DbPool, limit: Limit = 50, cursor: Cursor = None) -> TenantPage:
         """List tenants by name (keyset pagination)."""
-        after = str(decode_cursor(cursor)[0]) if cursor else None
+        after = None
+        if cursor:
+            values = decode_cursor(cursor)
+            if len(values) != 1 or not isinstance(values[0], str):
+                raise BadRequest("invalid cursor")
+            after = values[0]
         async with pool.acquire() as conn:
             items = await tenants.list_tenants(conn, after, limit + 1)
         more = len(items) > limit
@@ -82,7 +87,7 @@ class TenantMembersController(Controller):
             except (ValueError, IndexError, TypeError):
                 after = None
             if after is None:
-                raise Unprocessable("invalid cursor")
+                raise BadRequest("invalid cursor")
         async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
             items = await users.list_users(conn, after, limit + 1)
         more = len(items) > limit
