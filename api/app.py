@@ -10,24 +10,29 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+from arq.connections import ArqRedis
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
-from redis.asyncio import Redis
 
 from api import paths
 from api.admin.controllers import TenantAdminController, TenantMembersController
 from api.auth import ApiKeyAuthMiddleware
+from api.collections.controllers import CollectionController
 from api.deps import dependencies
+from api.documents.controllers import DocumentController
 from api.health.controllers import HealthController
 from api.me import MeController
 from api.problems import exception_handlers
+from api.search.controllers import SearchController
 from core.errors import QuarryError
 from core.logs import configure_logging, request_id_var
 from core.settings import Settings, load_settings
+from rag.embedders import make_embedder
+from storage.blobs import BlobStore
 from storage.db import create_pool
 from storage.urls import with_credentials
 
@@ -87,19 +92,27 @@ def create_app(settings: Settings) -> Litestar:
             app_database_url(settings), min_size=0, max_size=settings.db_pool_max,
             statement_timeout_ms=settings.db_statement_timeout_ms,
         )
-        app.state.redis = Redis.from_url(
+        # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs. Built without a ping,
+        # so the API starts while Redis is down (and /readyz says so).
+        app.state.redis = ArqRedis.from_url(
             settings.redis_url or "redis://127.0.0.1:6379/0",
             socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
         )
         app.state.settings = settings
+        app.state.blobs = BlobStore.under(settings.data_path)
+        app.state.embedder = make_embedder(settings)  # loads lazily, on the first query
         try:
             yield
         finally:
+            await app.state.embedder.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[HealthController, MeController, TenantAdminController, TenantMembersController],
+        route_handlers=[
+            HealthController, MeController, TenantAdminController, TenantMembersController,
+            CollectionController, DocumentController, SearchController,
+        ],
         lifespan=[lifespan],
         dependencies=dependencies,
         exception_handlers=exception_handlers,

@@ -14,3 +14,12 @@ ADMIN_KEY = f"{ADMIN_KEYS}/{{key_id:uuid}}"
 
 # Reachable without an API key.
 PUBLIC = [HEALTHZ, READYZ, DOCS]
+
+COLLECTIONS = f"{V1}/collections"
+COLLECTION = f"{COLLECTIONS}/{{collection_id:uuid}}"
+COLLECTION_DOCUMENTS = f"{COLLECTION}/documents"
+DOCUMENTS = f"{V1}/documents"
+DOCUMENT = f"{DOCUMENTS}/{{document_id:uuid}}"
+DOCUMENT_EVENTS = f"{DOCUMENT}/events"
+DOCUMENTS_EVENTS = f"{DOCUMENTS}/events"
+SEARCH = f"{V1}/search"

@@ -71,6 +71,29 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     max_json_bytes: PositiveInt = 1_048_576
     """Largest accepted JSON request body."""
 
+    # --- ingestion ---
+    max_upload_bytes: PositiveInt = 50 * 1024 * 1024
+    """Largest accepted uploaded file (413 beyond)."""
+    max_files_per_request: Annotated[int, msgspec.Meta(ge=1, le=1000)] = 20
+    chunk_tokens: Annotated[int, msgspec.Meta(ge=16, le=512)] = 256
+    chunk_overlap_tokens: Annotated[int, msgspec.Meta(ge=0, le=256)] = 32
+    ingest_concurrency_per_tenant: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
+    """Documents of one tenant processed at once across all workers."""
+    ingest_max_tries: Annotated[int, msgspec.Meta(ge=1, le=20)] = 4
+
+    # --- embeddings ---
+    embedder: Literal["minilm", "openai"] = "minilm"
+    """Default embedder: all-MiniLM-L6-v2 on onnxruntime, or an OpenAI-compatible endpoint."""
+    embedder_threads: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """onnxruntime intra-op threads; 0 = the machine's core count."""
+    embed_batch_size: Annotated[int, msgspec.Meta(ge=1, le=1024)] = 32
+    openai_base_url: str = "https://api.openai.com/v1"
+    openai_api_key: str | None = None
+    openai_embed_model: str = "text-embedding-3-small"
+    openai_embed_dim: PositiveInt = 1536
+    openai_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 30.0
+    openai_max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 3
+
     # --- observability ---
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     otel_exporter: Literal["none", "console", "otlp"] = "none"
@@ -136,7 +159,7 @@ def load_settings(
         raise SettingsError(_describe(str(exc))) from None
 
 
-_NULLABLE = {"database_url", "redis_url", "sentry_dsn", "app_db_password"}
+_NULLABLE = {"database_url", "redis_url", "sentry_dsn", "app_db_password", "openai_api_key"}
 
 
 def _describe(message: str) -> str:

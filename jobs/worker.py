@@ -1,7 +1,7 @@
-"""arq worker settings (`quarry worker` runs them). Resources are made in `startup` and closed in `shutdown`.
+"""arq worker settings (`quarry worker` runs them). Resources are made in `startup` and
+closed in `shutdown`; tasks find them in the job context.
 
-Tasks are registered in `FUNCTIONS`; each must be idempotent (callers pass `_job_id`), and
-transient failures raise `arq.Retry` with a backoff.
+Tasks are idempotent (callers pass `_job_id`) and retry transient failures with backoff.
 """
 
 from __future__ import annotations
@@ -9,13 +9,18 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from arq import func
 from arq.connections import RedisSettings
+from rag.chunking import HFTokenizer
 
 from api.app import app_database_url
 from core.settings import Settings
+from jobs.ingest import INGEST_JOB, INGEST_TIMEOUT_S, ingest_document
+from rag.embedders import make_embedder, tokenizer_path
+from storage.blobs import BlobStore
 from storage.db import create_pool
 
-__all__ = ["FUNCTIONS", "make_worker_settings", "ping"]
+__all__ = ["FUNCTIONS", "make_worker_settings", "ping", "shutdown_resources", "startup_resources"]
 
 
 async def ping(ctx: dict[str, Any], payload: str) -> dict[str, Any]:
@@ -25,27 +30,42 @@ async def ping(ctx: dict[str, Any], payload: str) -> dict[str, Any]:
     return {"payload": payload, "db_time": now.isoformat(), "worker_pid": os.getpid()}
 
 
-FUNCTIONS = [ping]
+FUNCTIONS = [
+    ping,
+    # Ingestion counts its own attempts in the documents table (see jobs.ingest); arq's
+    # max_tries only bounds waiting for a free per-tenant slot. keep_result=0 frees the
+    # job id at once, so the same content can be queued again after a change and back.
+    func(ingest_document, name=INGEST_JOB, keep_result=0, timeout=INGEST_TIMEOUT_S, max_tries=10_000),
+]
+
+
+async def startup_resources(ctx: dict[str, Any], settings: Settings) -> None:
+    """Everything a task needs; also used by tests that run jobs in-process."""
+    ctx["settings"] = settings
+    ctx["pool"] = await create_pool(app_database_url(settings), min_size=1, max_size=4)
+    ctx["embedder"] = make_embedder(settings)
+    ctx["tokenizer"] = HFTokenizer.from_file(tokenizer_path())
+    ctx["blobs"] = BlobStore.under(settings.data_path)
+
+
+async def shutdown_resources(ctx: dict[str, Any]) -> None:
+    if "embedder" in ctx:
+        await ctx["embedder"].aclose()
+    if "pool" in ctx:
+        await ctx["pool"].close()
 
 
 def make_worker_settings(settings: Settings) -> dict[str, Any]:
     async def startup(ctx: dict[str, Any]) -> None:
-        ctx["settings"] = settings
-        ctx["pool"] = await create_pool(app_database_url(settings), min_size=1, max_size=4)
-
-    async def shutdown(ctx: dict[str, Any]) -> None:
-        if "pool" in ctx:
-            await ctx["pool"].close()
+        await startup_resources(ctx, settings)
 
     return {
         "functions": FUNCTIONS,
         "redis_settings": RedisSettings.from_dsn(settings.redis_url or "redis://127.0.0.1:6379"),
         "on_startup": startup,
-        "on_shutdown": shutdown,
-        "max_jobs": 10,
-        "job_timeout": 600,
-        "max_tries": 5,
+        "on_shutdown": shutdown_resources,
+        "max_jobs": 8,
+        "job_timeout": INGEST_TIMEOUT_S,
         "keep_result": 3600,
         "handle_signals": True,
     }
-

@@ -17,7 +17,7 @@ FROM tenants t ORDER BY t.name
 
 
 @asset(group_name="operations", description="Per-tenant corpus counts.")
-def corpus_inventory(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:
+def corpus_inventory(context: AssetExecutionContext, postgres: PostgresResource) -> MaterializeResult:  # type: ignore[type-arg]
     rows = postgres.fetch(INVENTORY_SQL)
     context.log.info("inventory of %d tenants", len(rows))
     table = "| tenant | documents | failed | chunks | embeddings |\n|---|---|---|---|---|\n" + "".join(

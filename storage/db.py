@@ -1,10 +1,12 @@
-"""The asyncpg pool. Its `init` registers pgvector so vectors travel as numpy arrays."""
+"""The asyncpg pool. Its `init` registers pgvector (vectors travel as numpy arrays) and a
+msgspec codec for jsonb (dicts in, dicts out)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import asyncpg
+import msgspec
 from pgvector.asyncpg import register_vector
 
 __all__ = ["create_pool"]
@@ -12,6 +14,11 @@ __all__ = ["create_pool"]
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
     await register_vector(conn)
+    # jsonb in and out as Python values (dicts, lists), encoded by msgspec.
+    await conn.set_type_codec(
+        "jsonb", schema="pg_catalog", format="text",
+        encoder=lambda value: msgspec.json.encode(value).decode(), decoder=msgspec.json.decode,
+    )
 
 
 async def create_pool(

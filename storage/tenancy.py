@@ -3,11 +3,13 @@
 Row-level security policies compare `tenant_id` with `current_setting('app.tenant_id')`.
 The setting is made with `set_config(..., true)`, i.e. local to the transaction, on the same
 connection as the queries, so a pooled connection never carries a tenant to the next user.
+Extra transaction-local settings (e.g. `hnsw.ef_search` for a search) ride in the same
+statement, so they cost no extra round trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from uuid import UUID
 
@@ -18,8 +20,12 @@ __all__ = ["tenant_tx"]
 
 @asynccontextmanager
 async def tenant_tx(
-    pool: asyncpg.Pool, tenant_id: UUID | str, *, readonly: bool = False
+    pool: asyncpg.Pool, tenant_id: UUID | str, *, readonly: bool = False,
+    local_settings: Mapping[str, str] | None = None,
 ) -> AsyncIterator[asyncpg.Connection]:
     async with pool.acquire() as conn, conn.transaction(readonly=readonly):
-        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
+        names = ["app.tenant_id", *(local_settings or {})]
+        values = [str(tenant_id), *(local_settings or {}).values()]
+        calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, true)" for i in range(len(names)))
+        await conn.execute(f"SELECT {calls}", *[x for pair in zip(names, values, strict=True) for x in pair])
         yield conn

@@ -66,7 +66,7 @@ async def admin_url(servers: Servers) -> str:
 def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return load_settings(
         environ={}, dotenv=None, database_url=admin_url, redis_url=servers.valkey.url,
-        data_dir=str(tmp_path_factory.mktemp("data")), db_pool_max=10,
+        data_dir=str(tmp_path_factory.mktemp("data")), db_pool_max=10, ingest_concurrency_per_tenant=4,
     )
 
 
@@ -131,3 +131,21 @@ async def client(settings: Settings) -> AsyncIterator[AsyncTestClient]:  # type:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+async def worker_ctx(settings: Settings) -> AsyncIterator[dict]:  # type: ignore[type-arg]
+    """Resources of an arq worker (pool, embedder, tokenizer, blobs), shared by the session."""
+    from jobs.worker import shutdown_resources, startup_resources
+
+    ctx: dict = {}  # type: ignore[type-arg]
+    await startup_resources(ctx, settings)
+    yield ctx
+    await shutdown_resources(ctx)
+
+
+@pytest.fixture
+def run_jobs(settings: Settings, worker_ctx: dict) -> Callable[[], Awaitable[None]]:  # type: ignore[type-arg]
+    from tests.ingest_helpers import run_jobs as _run
+
+    return lambda: _run(settings, worker_ctx)

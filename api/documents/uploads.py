@@ -1,0 +1,155 @@
+"""Turning an upload request (multipart files or JSON text) into queued documents."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+from uuid import UUID
+
+import anyio
+import asyncpg
+import msgspec
+from arq.connections import ArqRedis
+
+from api.documents.multipart import read_multipart
+from api.documents.schemas import Accepted, TextDocument
+from core.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from core.settings import Settings
+from jobs.ingest import enqueue_ingest
+from rag.parsing import FORMATS, detect_format
+from rag.validation import check_upload
+from storage.blobs import BlobStore, StoredBlob
+from storage.repositories import collections, documents
+from storage.tenancy import tenant_tx
+
+__all__ = ["accept_json", "accept_multipart"]
+
+_json_decoder = msgspec.json.Decoder(TextDocument)
+
+
+async def accept_multipart(
+    content_type: str,
+    body: AsyncIterator[bytes],
+    *,
+    tenant_id: UUID,
+    collection_id: UUID,
+    pool: asyncpg.Pool,
+    arq: ArqRedis,
+    blobs: BlobStore,
+    settings: Settings,
+) -> list[Accepted]:
+    async with tenant_tx(pool, tenant_id, readonly=True) as conn:
+        await collections.get_collection(conn, collection_id)  # 404 before reading the body
+    form = await read_multipart(
+        content_type,
+        body,
+        blobs,
+        tenant_id,
+        max_file_bytes=settings.max_upload_bytes,
+        max_files=settings.max_files_per_request,
+    )
+    try:
+        if not form.files:
+            raise Unprocessable("no file in the request (send multipart parts with a filename)")
+        metadata = _metadata_field(form.fields.get("metadata"))
+        formats = [await _validate(f.filename, f.content_type, f.blob) for f in form.files]
+        items: list[tuple[str | None, str, str | None, str, StoredBlob]] = [
+            (f.filename, f.filename.rsplit(".", 1)[0], f.filename, fmt, f.blob)
+            for f, fmt in zip(form.files, formats, strict=True)
+        ]
+        return await _register(items, metadata, tenant_id, collection_id, pool, arq, blobs)
+    except BaseException:
+        for uploaded in form.files:
+            if not uploaded.blob.existed:
+                blobs.delete(tenant_id, uploaded.blob.sha256)
+        raise
+
+
+async def accept_json(
+    body: bytes,
+    *,
+    tenant_id: UUID,
+    collection_id: UUID,
+    pool: asyncpg.Pool,
+    arq: ArqRedis,
+    blobs: BlobStore,
+) -> list[Accepted]:
+    try:
+        doc = _json_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Unprocessable(str(exc)) from None
+    except msgspec.DecodeError:
+        raise BadRequest("the request body is not valid JSON") from None
+    if not doc.text.strip():
+        raise Unprocessable("text is empty")
+    async with tenant_tx(pool, tenant_id, readonly=True) as conn:
+        await collections.get_collection(conn, collection_id)
+    blob = await blobs.save_bytes(tenant_id, doc.text.encode(), name="text")
+    try:
+        return await _register(
+            [(None, doc.title, doc.uri, doc.format, blob)], doc.metadata, tenant_id, collection_id, pool, arq, blobs
+        )
+    except BaseException:
+        if not blob.existed:
+            blobs.delete(tenant_id, blob.sha256)
+        raise
+
+
+def _metadata_field(raw: str | None) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    try:
+        value = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        raise Unprocessable("the metadata field must be a JSON object") from None
+    if not isinstance(value, dict):
+        raise Unprocessable("the metadata field must be a JSON object")
+    return value
+
+
+async def _validate(filename: str, content_type: str | None, blob: StoredBlob) -> str:
+    try:
+        fmt = detect_format(filename, content_type, blob.head)
+        await anyio.to_thread.run_sync(check_upload, blob.path, fmt, blob.size)
+    except (UnsupportedMediaType, Unprocessable, PayloadTooLarge) as exc:
+        exc.detail = f"{filename}: {exc.detail}"
+        raise
+    return fmt
+
+
+async def _register(
+    items: list[tuple[str | None, str, str | None, str, StoredBlob]],
+    metadata: dict[str, Any],
+    tenant_id: UUID,
+    collection_id: UUID,
+    pool: asyncpg.Pool,
+    arq: ArqRedis,
+    blobs: BlobStore,
+) -> list[Accepted]:
+    """One transaction for the batch, then the jobs (a job finding no row is a no-op)."""
+    registered = []
+    async with tenant_tx(pool, tenant_id) as conn:
+        for filename, title, uri, fmt, blob in items:
+            doc, action = await documents.register_upload(
+                conn,
+                tenant_id=tenant_id,
+                collection_id=collection_id,
+                title=title,
+                uri=uri,
+                mime_type=FORMATS[fmt],
+                content_hash=blob.sha256,
+                size_bytes=blob.size,
+                metadata=metadata,
+            )
+            registered.append((filename, fmt, doc, action))
+    accepted = []
+    for (filename, fmt, doc, action), item in zip(registered, items, strict=True):
+        job_id = None
+        if action == "unchanged" and not item[4].existed:
+            blobs.delete(tenant_id, item[4].sha256)  # already indexed: the bytes are not needed
+        if action != "unchanged":
+            job_id = await enqueue_ingest(arq, tenant_id, doc.id, doc.content_hash or "", fmt)
+        accepted.append(
+            Accepted(document_id=doc.id, status=doc.status, action=action, job_id=job_id, filename=filename)
+        )
+    return accepted
