@@ -44,22 +44,33 @@ def _quarry_error(request: Request[Any, Any, Any], exc: QuarryError) -> Response
                    headers=exc.headers or None, **exc.extra)
 
 
+def _sent_json(request: Request[Any, Any, Any]) -> bool:
+    media = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    return media in ("", "application/json") or media.endswith("+json")
+
+
 def _validation_error(
     request: Request[Any, Any, Any], exc: ValidationException
 ) -> Response[dict[str, Any]]:
-    # Litestar uses 400 both for undecodable bodies and for well-formed bodies of the wrong
-    # shape. Only the first is a syntax error; the second is unprocessable content (422).
+    # Litestar answers 400 for a body of the wrong shape; that is unprocessable content (422),
+    # unless the body was not JSON at all (then the media type is the problem: 415).
+    if not _sent_json(request):
+        return _not_json(request)
     errors = exc.extra if isinstance(exc.extra, list) else []
-    malformed = "malformed" in str(exc.detail).lower() or any(
-        "malformed" in str(e.get("message", "")).lower() for e in errors if isinstance(e, dict)
-    )
-    if malformed:
-        return problem(request, 400, "the request body is not valid JSON", slug="malformed-body")
     return problem(request, 422, str(exc.detail), slug="validation", errors=errors)
+
+
+def _not_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
+    return problem(request, 415, "this endpoint takes application/json", slug="unsupported-media-type")
 
 
 def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response[dict[str, Any]]:
     detail = str(exc.detail)
+    if exc.status_code == 400 and not exc.extra and request.method in ("POST", "PUT", "PATCH"):
+        # Litestar's body decoding failed: the body is not JSON (or not sent as JSON).
+        if not _sent_json(request):
+            return _not_json(request)
+        return problem(request, 400, f"the request body is not valid JSON ({detail})", slug="malformed-body")
     if exc.status_code == 413:
         detail = "the request body is larger than this endpoint accepts"
     extra: dict[str, Any] = {"errors": exc.extra} if exc.extra else {}

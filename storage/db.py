@@ -1,4 +1,4 @@
-"""The asyncpg pool. Its `init` registers pgvector (vectors travel as numpy arrays) and a
+"""The asyncpg pool. Its `init` registers pgvector (vectors go in as numpy arrays) and a
 msgspec codec for jsonb (dicts in, dicts out)."""
 
 from __future__ import annotations

@@ -15,7 +15,16 @@ from uuid import UUID
 
 import asyncpg
 
-__all__ = ["tenant_tx"]
+__all__ = ["enter_tenant", "tenant_tx"]
+
+
+async def enter_tenant(conn: asyncpg.Connection, tenant_id: UUID | str) -> None:
+    """Switch an open transaction to `tenant_id` (transaction-local). For the rare flow that
+    must span a tenant-less step and a tenant step atomically, e.g. creating a tenant and
+    its first key; everything else uses `tenant_tx`."""
+    if not conn.is_in_transaction():
+        raise RuntimeError("enter_tenant needs an open transaction")
+    await conn.execute("SELECT set_config('app.tenant_id', $1, true)", str(tenant_id))
 
 
 @asynccontextmanager

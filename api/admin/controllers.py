@@ -27,7 +27,7 @@ from api.pagination import decode_cursor, encode_cursor
 from core.errors import BadRequest, Unprocessable
 from storage.models import Principal, User
 from storage.repositories import api_keys, tenants, users
-from storage.tenancy import tenant_tx
+from storage.tenancy import enter_tenant, tenant_tx
 
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
 Cursor = Annotated[str | None, QueryParameter(description="next_cursor of the previous page")]
@@ -41,9 +41,9 @@ class TenantAdminController(Controller):
     @post(paths.ADMIN_TENANTS, operation_id="createTenant")
     async def create_tenant(self, data: JSONBody[CreateTenant], pool: DbPool) -> NewTenant:
         """Create a tenant and its first admin key (shown once)."""
-        async with pool.acquire() as conn, conn.transaction():
+        async with pool.acquire() as conn, conn.transaction():  # one transaction: never a keyless tenant
             tenant = await tenants.create_tenant(conn, data.name, data.plan)
-        async with tenant_tx(pool, tenant.id) as conn:
+            await enter_tenant(conn, tenant.id)
             key, record = await api_keys.create_key(conn, tenant.id, "admin", name="initial admin")
         return NewTenant(tenant=tenant, admin_key=NewKey(key=key, api_key=record))
 

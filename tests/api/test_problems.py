@@ -121,3 +121,20 @@ async def test_problem_for_guard_names_the_role(client, make_tenant):
     key = (await create_key(client, t.headers, "reader"))["key"]
     body = assert_problem(await client.get("/v1/admin/keys", headers=bearer(key)), 403)
     assert "admin" in body["detail"] and body["instance"] == "/v1/admin/keys"
+
+
+async def test_non_json_body_to_json_endpoint_is_415(client, make_tenant):
+    t = await make_tenant()
+    for content_type, body in (("application/x-www-form-urlencoded", b"name=x"), ("text/plain", b"name")):
+        r = await client.post("/v1/collections", content=body,
+                              headers={**t.headers, "content-type": content_type})
+        assert r.status_code == 415, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+
+
+async def test_truncated_json_is_400_malformed_body(client, make_tenant):
+    t = await make_tenant()
+    r = await client.post("/v1/collections", content=b'{"name": ',
+                          headers={**t.headers, "content-type": "application/json"})
+    assert r.status_code == 400
+    assert r.json()["type"].endswith("/malformed-body")
