@@ -11,11 +11,11 @@ from typing import Any
 
 from arq import func
 from arq.connections import RedisSettings
-from rag.chunking import HFTokenizer
 
 from api.app import app_database_url
 from core.settings import Settings
 from jobs.ingest import INGEST_JOB, INGEST_TIMEOUT_S, ingest_document
+from rag.chunking import HFTokenizer
 from rag.embedders import make_embedder, tokenizer_path
 from storage.blobs import BlobStore
 from storage.db import create_pool
