@@ -26,7 +26,7 @@ from pathlib import Path
 from core.settings import Settings, env_name
 from ops.bootstrap import dagster_url, embedded_database, endpoints_file, prepare_database
 from ops.tenants import DEMO_TENANT, ensure_demo_tenant
-from storage.embedded import EmbeddedPostgres, EmbeddedValkey, free_port
+from storage.embedded import EmbeddedPostgres, EmbeddedValkey, die_with_parent, free_port
 
 __all__ = ["Supervisor"]
 
@@ -162,6 +162,7 @@ class Supervisor:
         try:
             child.proc = subprocess.Popen(
                 child.argv, env=env, cwd=REPO_ROOT, start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGTERM),
                 stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT if out else None,
             )
         finally:

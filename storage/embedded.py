@@ -9,17 +9,20 @@ run them as an unprivileged OS user when we are root (Postgres refuses to run as
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import importlib.util
 import os
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["EmbeddedPostgres", "EmbeddedValkey", "free_port"]
+__all__ = ["EmbeddedPostgres", "EmbeddedValkey", "die_with_parent", "free_port"]
 
 _PG_SYSTEM_USER = "embedded_postgres"
 
@@ -62,6 +65,19 @@ def _open_tree(root: Path) -> None:
             mode = file.stat().st_mode
             if mode & 0o044 != 0o044:
                 file.chmod(mode | 0o044 | (0o011 if mode & 0o100 else 0))
+
+
+def die_with_parent(sig: int) -> Callable[[], None] | None:
+    """A `preexec_fn` that asks Linux to send `sig` to the child when its parent dies, so a
+    crashed or SIGKILLed supervisor (or test session) leaves no server behind."""
+    if not sys.platform.startswith("linux"):
+        return None
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def preexec() -> None:
+        libc.prctl(1, sig, 0, 0, 0)  # PR_SET_PDEATHSIG
+
+    return preexec
 
 
 def _wait_for(check: object, proc: subprocess.Popen[bytes], timeout: float, what: str, log: Path) -> None:
@@ -182,6 +198,7 @@ class EmbeddedPostgres:
                  "-c", "wal_level=replica", "-c", "max_wal_senders=5"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 user=self.system_user, start_new_session=True,
+                preexec_fn=die_with_parent(signal.SIGINT),  # SIGINT = fast shutdown
             )
         _wait_for(self._ready, self.proc, timeout, "embedded Postgres", self.log)
 
@@ -232,7 +249,7 @@ class EmbeddedValkey:
             self.proc = subprocess.Popen(
                 [str(get_binary_path()), str(conf)],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=self.data_dir, start_new_session=True,
+                cwd=self.data_dir, start_new_session=True, preexec_fn=die_with_parent(signal.SIGTERM),
             )
         _wait_for(self._ready, self.proc, timeout, "embedded Valkey", self.log)
 

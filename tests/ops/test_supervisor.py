@@ -22,11 +22,13 @@ from storage.embedded import free_port
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _start(data_dir: Path, api_port: int, dagster_port: int, log: Path) -> subprocess.Popen[bytes]:
+def _start(
+    data_dir: Path, api_port: int, dagster_port: int, log: Path, extra: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("QUARRY_") and k not in ("DATABASE_URL", "REDIS_URL")}
     env.update({"QUARRY_DATA_DIR": str(data_dir), "QUARRY_PORT": str(api_port),
-                "QUARRY_DAGSTER_PORT": str(dagster_port), "QUARRY_API_WORKERS": "2"})
+                "QUARRY_DAGSTER_PORT": str(dagster_port), "QUARRY_API_WORKERS": "2", **(extra or {})})
     with open(log, "wb") as out:
         return subprocess.Popen([sys.executable, "-m", "ops.cli", "up"], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
@@ -60,18 +62,26 @@ def _alive(procs: list[psutil.Process]) -> list[str]:
     return left
 
 
-def _run_once(data_dir: Path, log: Path) -> str:
+def _run_once(data_dir: Path, log: Path, extra: dict[str, str] | None = None) -> str:
     api_port, dagster_port = free_port(), free_port()
-    proc = _start(data_dir, api_port, dagster_port, log)
+    proc = _start(data_dir, api_port, dagster_port, log, extra)
+    dagster = (extra or {}).get("QUARRY_DAGSTER") != "false"
     try:
         _wait_ready(f"http://127.0.0.1:{api_port}/readyz", proc, log)
-        _wait_ready(f"http://127.0.0.1:{dagster_port}/server_info", proc, log)
+        if dagster:
+            _wait_ready(f"http://127.0.0.1:{dagster_port}/server_info", proc, log)
         names = " ".join(" ".join(p.cmdline()) for p in _descendants(proc.pid))
-        for expected in ("postgres", "valkey-server", "granian", "ops.cli worker",
-                         "dagster-webserver", "dagster-daemon"):
+        expected_names = ["postgres", "valkey-server", "granian", "ops.cli worker"]
+        if dagster:
+            expected_names += ["dagster-webserver", "dagster-daemon"]
+        for expected in expected_names:
             assert expected in names, f"{expected} not running under quarry up"
+        deadline = time.monotonic() + 30
+        while "platform is up" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
         text = log.read_text()
-        assert f"http://127.0.0.1:{api_port}/docs" in text and f"http://127.0.0.1:{dagster_port}" in text
+        assert f"http://127.0.0.1:{api_port}/docs" in text
+        assert not dagster or f"http://127.0.0.1:{dagster_port}" in text
         # The printed key (first run) authenticates; later runs print none.
         keys = re.findall(r"^\s+(qk_\S+)$", text, re.M)
         if keys:
@@ -101,3 +111,25 @@ def test_up_starts_everything_and_sigterm_leaves_nothing(tmp_path):
     assert "tenant 'demo' exists" in second
     assert re.findall(r"^\s+qk_\S+$", second, re.M) == []
     assert "migrations: up to date" in second
+
+
+def test_supervisor_killed_with_sigkill_takes_its_children_along(tmp_path):
+    """Even SIGKILL (no cleanup possible) leaves nothing: children die with their parent
+    (PR_SET_PDEATHSIG), and the next `quarry up` starts cleanly on the same data."""
+    log = tmp_path / "up.log"
+    api_port = free_port()
+    env_extra = {"QUARRY_DAGSTER": "false"}
+    proc = _start(tmp_path / "data", api_port, free_port(), log, env_extra)
+    try:
+        _wait_ready(f"http://127.0.0.1:{api_port}/readyz", proc, log)
+        procs = _descendants(proc.pid)
+        assert len(procs) >= 4
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    deadline = time.monotonic() + 15
+    while _alive(procs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(procs) == []
+    text = _run_once(tmp_path / "data", tmp_path / "again.log", env_extra)
+    assert "tenant 'demo' exists" in text
