@@ -28,6 +28,7 @@ from api.health.controllers import HealthController
 from api.me import MeController
 from api.problems import exception_handlers
 from api.search.controllers import SearchController
+from api.sources.controllers import SourceController
 from core.errors import QuarryError
 from core.logs import configure_logging, request_id_var
 from core.settings import Settings, load_settings
@@ -112,6 +113,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController, MeController, TenantAdminController, TenantMembersController,
             CollectionController, DocumentController, SearchController,
+            SourceController,
         ],
         lifespan=[lifespan],
         dependencies=dependencies,

@@ -23,3 +23,12 @@ DOCUMENT = f"{DOCUMENTS}/{{document_id:uuid}}"
 DOCUMENT_EVENTS = f"{DOCUMENT}/events"
 DOCUMENTS_EVENTS = f"{DOCUMENTS}/events"
 SEARCH = f"{V1}/search"
+
+# Data sources and their sync runs (Dagster executes them).
+SOURCES = f"{V1}/sources"
+SOURCE = f"{SOURCES}/{{source_id:uuid}}"
+SOURCE_ENABLE = f"{SOURCE}/enable"
+SOURCE_DISABLE = f"{SOURCE}/disable"
+SOURCE_SYNC = f"{SOURCE}/sync"
+SOURCE_RUNS = f"{SOURCE}/runs"
+SOURCE_RUN = f"{SOURCE_RUNS}/{{run_id:uuid}}"

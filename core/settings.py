@@ -99,6 +99,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     sentry_dsn: str | None = None
 
+    # --- sources / syncs ---
+    connector_allow_private: str = ""
+    """Private, loopback and link-local destinations connectors may reach anyway (SSRF guard):
+    comma-separated `host:port`, IP or CIDR entries, or `*` for all. Empty: none."""
+    connector_folder_roots: str = ""
+    """Directories (comma-separated) under which folder sources may read. Empty: no folder sources."""
+    connector_max_item_bytes: PositiveInt = 50 * 1024 * 1024
+    """Largest item a sync fetches (file, object or page); a source may set a lower limit."""
+    connector_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
+    """Longest fetch of one item (connect + download); a source may set a lower limit."""
+    connector_user_agent: str = "QuarryBot/0.1 (+https://github.com/quarry-rag/quarry)"
+
     def __post_init__(self) -> None:
         if self.database_url is not None and not re.match(r"postgres(ql)?://", self.database_url):
             raise ValueError("must start with postgresql:// - at `$.database_url`")

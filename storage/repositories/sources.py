@@ -1,0 +1,163 @@
+"""Data sources of a tenant (run inside `tenant_tx`), and the cross-tenant view the Dagster
+sensor reads as the migration role."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from core.errors import Conflict, NotFound, Unprocessable
+from storage.repositories._rows import to_struct, to_structs
+
+__all__ = [
+    "ScheduledSource", "Source", "SourceKind", "create_source", "delete_source", "get_source", "list_sources",
+    "lock_key", "scheduled_sources", "set_cursor", "update_source",
+]
+
+SourceKind = Literal["folder", "website", "s3"]
+
+_COLUMNS = ("id, tenant_id, collection_id, name, kind, config, schedule, enabled, cursor, created_at, "
+            "updated_at, last_scheduled_at")
+
+
+class Source(msgspec.Struct, kw_only=True):
+    id: UUID
+    tenant_id: UUID
+    collection_id: UUID
+    name: str
+    kind: SourceKind
+    config: dict[str, Any]
+    schedule: str | None
+    enabled: bool
+    cursor: dict[str, Any]
+    created_at: datetime
+    updated_at: datetime
+    last_scheduled_at: datetime | None
+
+
+def lock_key(source_id: UUID | str) -> str:
+    """Text hashed by Postgres into the advisory-lock key of a source's syncs."""
+    return f"quarry-sync:{source_id}"
+
+
+def _translate(exc: BaseException, name: str | None) -> BaseException:
+    if isinstance(exc, asyncpg.UniqueViolationError):
+        return Conflict(f"a source named {name!r} already exists")
+    if isinstance(exc, asyncpg.ForeignKeyViolationError):
+        return Unprocessable("no such collection", errors=[{"field": "collection_id", "message": "no such collection"}])
+    return exc
+
+
+async def create_source(
+    conn: asyncpg.Connection, *, tenant_id: UUID, collection_id: UUID, name: str, kind: SourceKind,
+    config: dict[str, Any], schedule: str | None, enabled: bool,
+) -> Source:
+    try:
+        row = await conn.fetchrow(
+            f"""INSERT INTO sources (tenant_id, collection_id, name, kind, config, schedule, enabled)
+                VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {_COLUMNS}""",
+            tenant_id, collection_id, name, kind, config, schedule, enabled,
+        )
+    except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError) as exc:
+        raise _translate(exc, name) from None
+    assert row is not None
+    return to_struct(row, Source)
+
+
+async def get_source(conn: asyncpg.Connection, source_id: UUID, *, for_update: bool = False) -> Source:
+    lock = " FOR UPDATE" if for_update else ""
+    row = await conn.fetchrow(f"SELECT {_COLUMNS} FROM sources WHERE id = $1{lock}", source_id)
+    if row is None:
+        raise NotFound("no such source")
+    return to_struct(row, Source)
+
+
+async def list_sources(
+    conn: asyncpg.Connection, *, collection_id: UUID | None, after: str | None, limit: int
+) -> list[Source]:
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM sources
+            WHERE ($1::uuid IS NULL OR collection_id = $1) AND name > coalesce($2, '')
+            ORDER BY name LIMIT $3""",
+        collection_id, after, limit,
+    )
+    return to_structs(rows, Source)
+
+
+async def update_source(conn: asyncpg.Connection, source_id: UUID, changes: dict[str, Any]) -> Source:
+    """Apply `changes` (column -> value; only known columns). A changed schedule restarts
+    the schedule's clock: the next tick after now is the first one queued."""
+    allowed = {"name", "collection_id", "config", "schedule", "enabled"}
+    unknown = set(changes) - allowed
+    if unknown:
+        raise ValueError(f"not updatable: {sorted(unknown)}")
+    if not changes:
+        return await get_source(conn, source_id)
+    sets = [f"{column} = ${i}" for i, column in enumerate(changes, start=2)]
+    if "schedule" in changes:
+        sets.append("last_scheduled_at = NULL")
+    try:
+        row = await conn.fetchrow(
+            f"UPDATE sources SET {', '.join(sets)}, updated_at = now() WHERE id = $1 RETURNING {_COLUMNS}",
+            source_id, *changes.values(),
+        )
+    except (asyncpg.UniqueViolationError, asyncpg.ForeignKeyViolationError) as exc:
+        raise _translate(exc, changes.get("name")) from None
+    if row is None:
+        raise NotFound("no such source")
+    return to_struct(row, Source)
+
+
+async def delete_source(conn: asyncpg.Connection, source_id: UUID, *, delete_documents: bool) -> int:
+    """Delete the source (its run history goes with it). Refused while a sync of it runs.
+    Returns how many documents were deleted with it."""
+    busy = not await conn.fetchval(
+        "SELECT pg_try_advisory_xact_lock(hashtextextended($1, 0))", lock_key(source_id)
+    )
+    if busy:
+        raise Conflict("a sync of this source is running; try again when it has finished")
+    deleted = 0
+    if delete_documents:
+        rows = await conn.fetch(
+            "DELETE FROM documents WHERE source_id = $1 RETURNING collection_id", source_id
+        )
+        deleted = len(rows)
+        for collection_id in {r["collection_id"] for r in rows}:
+            await conn.execute("UPDATE collections SET version = version + 1 WHERE id = $1", collection_id)
+    status = await conn.execute("DELETE FROM sources WHERE id = $1", source_id)
+    if status == "DELETE 0":
+        raise NotFound("no such source")
+    return deleted
+
+
+async def set_cursor(conn: asyncpg.Connection, source_id: UUID, cursor: dict[str, Any]) -> None:
+    await conn.execute("UPDATE sources SET cursor = $2 WHERE id = $1", source_id, cursor)
+
+
+class ScheduledSource(msgspec.Struct, kw_only=True):
+    """What the sensor needs of every source, across tenants."""
+
+    id: UUID
+    tenant_id: UUID
+    tenant_name: str
+    name: str
+    kind: SourceKind
+    schedule: str | None
+    enabled: bool
+    created_at: datetime
+    updated_at: datetime
+    last_scheduled_at: datetime | None
+
+
+async def scheduled_sources(conn: asyncpg.Connection) -> list[ScheduledSource]:
+    """Every source of every tenant (the migration role: see 0007_sources.sql)."""
+    rows = await conn.fetch(
+        """SELECT s.id, s.tenant_id, t.name AS tenant_name, s.name, s.kind, s.schedule, s.enabled,
+                  s.created_at, s.updated_at, s.last_scheduled_at
+           FROM sources s JOIN tenants t ON t.id = s.tenant_id ORDER BY s.id"""
+    )
+    return to_structs(rows, ScheduledSource)

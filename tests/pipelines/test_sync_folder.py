@@ -1,0 +1,139 @@
+"""Folder sync: add → modify → delete, cursors, one bad file, no overlap, killed run."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from pipelines.sync import SyncBusy, sync_source
+from storage.repositories import sources, sync_runs
+from storage.tenancy import tenant_tx
+
+
+async def _docs(pool, tenant_id, source_id):
+    async with tenant_tx(pool, tenant_id, readonly=True) as conn:
+        rows = await conn.fetch(
+            """SELECT d.uri, d.status, d.content_hash, d.chunk_count,
+                      (SELECT count(*) FROM chunks c WHERE c.document_id = d.id) AS chunks,
+                      (SELECT count(*) FROM embeddings e JOIN chunks c ON c.id = e.chunk_id
+                        WHERE c.document_id = d.id) AS embeddings
+               FROM documents d WHERE d.source_id = $1 ORDER BY d.uri""", source_id)
+    return {r["uri"]: dict(r) for r in rows}
+
+
+async def test_add_modify_delete_cycle(pool, make_tenant, make_source, make_deps, sync_settings, folder_root: Path):
+    tenant = await make_tenant()
+    (folder_root / "a.md").write_text("# Alpha\n\nThe alpha document talks about granite quarries.")
+    (folder_root / "sub").mkdir()
+    (folder_root / "sub" / "b.txt").write_text("Basalt columns form when lava cools slowly.")
+    (folder_root / "skip.log").write_text("not included")
+    source = await make_source(tenant.id, "folder", {"path": str(folder_root), "include": ["**/*.md", "**/*.txt"]})
+    deps = make_deps(sync_settings)
+
+    first = await sync_source(deps, tenant.id, source.id)
+    assert first.run.status == "succeeded", first.run.errors
+    run = first.run
+    assert (run.added, run.updated, run.deleted, run.skipped, run.failed) == (2, 0, 0, 0, 0)
+    docs = await _docs(pool, tenant.id, source.id)
+    assert set(docs) == {"a.md", "sub/b.txt"}
+    assert all(d["status"] == "ready" and d["chunks"] >= 1 and d["embeddings"] == d["chunks"] for d in docs.values())
+
+    # Unchanged: nothing re-parsed or re-embedded.
+    second = await sync_source(deps, tenant.id, source.id)
+    assert (second.run.added, second.run.updated, second.run.skipped) == (0, 0, 2)
+    assert second.run.chunks_written == 0
+
+    # Touched but identical bytes: skipped by hash; modified: replaced; deleted: removed.
+    os.utime(folder_root / "a.md", ns=(1, 1))
+    (folder_root / "sub" / "b.txt").write_text("Basalt columns form when lava cools slowly. Now with obsidian.")
+    (folder_root / "c.md").write_text("Chalk is a soft white limestone.")
+    third = await sync_source(deps, tenant.id, source.id)
+    assert (third.run.added, third.run.updated, third.run.skipped, third.run.deleted) == (1, 1, 1, 0), third.run
+    docs3 = await _docs(pool, tenant.id, source.id)
+    assert docs3["sub/b.txt"]["content_hash"] != docs["sub/b.txt"]["content_hash"]
+    async with tenant_tx(pool, tenant.id, readonly=True) as conn:
+        texts = [r["text"] for r in await conn.fetch(
+            "SELECT c.text FROM chunks c JOIN documents d ON d.id = c.document_id WHERE d.uri = 'sub/b.txt' "
+            "AND d.source_id = $1", source.id)]
+    assert any("obsidian" in t for t in texts)
+
+    (folder_root / "a.md").unlink()
+    fourth = await sync_source(deps, tenant.id, source.id)
+    assert (fourth.run.deleted, fourth.run.skipped) == (1, 2)
+    docs4 = await _docs(pool, tenant.id, source.id)
+    assert set(docs4) == {"c.md", "sub/b.txt"}
+    assert fourth.run.documents_total == 2 and fourth.run.complete is True
+
+    async with tenant_tx(pool, tenant.id, readonly=True) as conn:
+        runs = await sync_runs.list_runs(conn, source.id, before=None, limit=10)
+    assert [r.status for r in runs] == ["succeeded"] * 4
+    assert all(r.duration_ms is not None and r.duration_ms >= 0 for r in runs)
+
+
+async def test_bad_file_fails_alone(pool, make_tenant, make_source, make_deps, sync_settings, folder_root):
+    tenant = await make_tenant()
+    (folder_root / "good.md").write_text("Good content about sandstone.")
+    (folder_root / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (folder_root / "empty.txt").write_text("")
+    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    report = await sync_source(make_deps(sync_settings), tenant.id, source.id)
+    assert report.run.status == "succeeded"
+    assert (report.run.added, report.run.failed) == (1, 2)
+    failed = {e["uri"] for e in report.run.errors}
+    assert failed == {"broken.pdf", "empty.txt"}
+    assert set(await _docs(pool, tenant.id, source.id)) == {"good.md"}
+
+
+async def test_missing_folder_fails_run_and_deletes_nothing(
+    pool, make_tenant, make_source, make_deps, sync_settings, folder_root
+):
+    tenant = await make_tenant()
+    sub = folder_root / "mount"
+    sub.mkdir()
+    (sub / "x.md").write_text("Quartzite is metamorphosed sandstone.")
+    source = await make_source(tenant.id, "folder", {"path": str(sub)})
+    deps = make_deps(sync_settings)
+    assert (await sync_source(deps, tenant.id, source.id)).run.added == 1
+    (sub / "x.md").unlink()
+    sub.rmdir()
+    report = await sync_source(deps, tenant.id, source.id)
+    assert report.run.status == "failed"
+    error = report.run.errors[0]["error"]
+    assert "not an existing directory" in error or "does not exist" in error
+    assert set(await _docs(pool, tenant.id, source.id)) == {"x.md"}
+
+
+async def test_two_runs_never_overlap(pool, make_tenant, make_source, make_deps, sync_settings, folder_root):
+    tenant = await make_tenant()
+    (folder_root / "a.md").write_text("Marble takes a polish.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    async with pool.acquire() as holder:  # another process's run holds the source
+        key = sources.lock_key(source.id)
+        assert await holder.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key)
+        try:
+            async with tenant_tx(pool, tenant.id) as conn:
+                queued, _ = await sync_runs.request_run(conn, tenant.id, source.id, "api")
+            with pytest.raises(SyncBusy):
+                await sync_source(make_deps(sync_settings), tenant.id, source.id, run_id=queued.id)
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+    async with tenant_tx(pool, tenant.id, readonly=True) as conn:
+        run = await sync_runs.get_run(conn, queued.id)
+    assert run.status == "failed" and "in progress" in run.errors[-1]["error"]
+    # Once free, the next run works.
+    assert (await sync_source(make_deps(sync_settings), tenant.id, source.id)).run.added == 1
+
+
+async def test_concurrent_runs_one_wins(pool, make_tenant, make_source, make_deps, sync_settings, folder_root):
+    tenant = await make_tenant()
+    for i in range(3):
+        (folder_root / f"{i}.md").write_text(f"Document {i} about slate and shale.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    deps = make_deps(sync_settings)
+    results = await asyncio.gather(*(sync_source(deps, tenant.id, source.id) for _ in range(2)),
+                                   return_exceptions=True)
+    assert sum(isinstance(r, SyncBusy) for r in results) == 1, results
+    assert len(await _docs(pool, tenant.id, source.id)) == 3
