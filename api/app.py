@@ -21,6 +21,8 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from api import paths
 from api.admin.controllers import TenantAdminController, TenantMembersController
 from api.auth import ApiKeyAuthMiddleware
+from api.chat.controllers import ChatController, ConversationController
+from api.chat.openai_facade import CompletionsController
 from api.collections.controllers import CollectionController
 from api.deps import dependencies
 from api.documents.controllers import DocumentController
@@ -33,6 +35,7 @@ from core.errors import QuarryError
 from core.logs import configure_logging, request_id_var
 from core.settings import Settings, load_settings
 from rag.embedders import make_embedder
+from rag.llm import make_llm_provider
 from storage.blobs import BlobStore
 from storage.db import create_pool
 from storage.urls import with_credentials
@@ -102,9 +105,11 @@ def create_app(settings: Settings) -> Litestar:
         app.state.settings = settings
         app.state.blobs = BlobStore.under(settings.data_path)
         app.state.embedder = make_embedder(settings)  # loads lazily, on the first query
+        app.state.llm = make_llm_provider(settings)  # connects on the first chat
         try:
             yield
         finally:
+            await app.state.llm.aclose()
             await app.state.embedder.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()
@@ -113,6 +118,7 @@ def create_app(settings: Settings) -> Litestar:
         route_handlers=[
             HealthController, MeController, TenantAdminController, TenantMembersController,
             CollectionController, DocumentController, SearchController,
+            ConversationController, ChatController, CompletionsController,
             SourceController,
         ],
         lifespan=[lifespan],

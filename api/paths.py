@@ -24,6 +24,14 @@ DOCUMENT_EVENTS = f"{DOCUMENT}/events"
 DOCUMENTS_EVENTS = f"{DOCUMENTS}/events"
 SEARCH = f"{V1}/search"
 
+# Chat (conversations, one-shot chat) and the OpenAI-compatible facade.
+CONVERSATIONS = f"{V1}/conversations"
+CONVERSATION = f"{CONVERSATIONS}/{{conversation_id:uuid}}"
+CONVERSATION_MESSAGES = f"{CONVERSATION}/messages"
+CHAT = f"{V1}/chat"
+CHAT_COMPLETIONS = f"{V1}/chat/completions"
+MODELS = f"{V1}/models"
+
 # Data sources and their sync runs (Dagster executes them).
 SOURCES = f"{V1}/sources"
 SOURCE = f"{SOURCES}/{{source_id:uuid}}"

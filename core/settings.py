@@ -99,6 +99,31 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     otel_exporter: Literal["none", "console", "otlp"] = "none"
     sentry_dsn: str | None = None
 
+    # --- chat / LLM ---
+    llm_provider: Literal["offline", "openai"] = "offline"
+    """offline: no model (decomposition + multi-query retrieval + extractive answer); openai: any
+    OpenAI-compatible chat-completions endpoint (OpenAI, vLLM, Ollama, llama.cpp, LiteLLM)."""
+    llm_base_url: str = "https://api.openai.com/v1"
+    llm_api_key: str | None = None
+    llm_model: str = "gpt-4o-mini"
+    llm_connect_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 5.0
+    llm_read_timeout_s: Annotated[float, msgspec.Meta(gt=0)] = 60.0
+    """Longest wait for the next byte of a response (a stalled stream fails after this)."""
+    llm_max_retries: Annotated[int, msgspec.Meta(ge=0, le=10)] = 2
+    llm_max_connections: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 512
+    agent_max_steps: Annotated[int, msgspec.Meta(ge=1, le=20)] = 4
+    agent_max_tokens: Annotated[int, msgspec.Meta(ge=256)] = 16_000
+    """Prompt + completion tokens one answer may spend across all its steps."""
+    agent_max_answer_tokens: Annotated[int, msgspec.Meta(ge=16)] = 1024
+    agent_deadline_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+    agent_history_messages: Annotated[int, msgspec.Meta(ge=0, le=100)] = 8
+    """Earlier messages of a conversation given to the agent (follow-up questions)."""
+    offline_min_coverage: Annotated[float, msgspec.Meta(gt=0, le=1)] = 0.5
+    """Offline provider: share of a question's content words the best sentence must contain."""
+    chat_max_streams_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 32
+    chat_monthly_token_budget: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """LLM tokens (prompt + completion) a tenant may use per calendar month (UTC); 0 = unlimited."""
+
     # --- sources / syncs ---
     connector_allow_private: str = ""
     """Private, loopback and link-local destinations connectors may reach anyway (SSRF guard):
@@ -171,7 +196,7 @@ def load_settings(
         raise SettingsError(_describe(str(exc))) from None
 
 
-_NULLABLE = {"database_url", "redis_url", "sentry_dsn", "app_db_password", "openai_api_key"}
+_NULLABLE = {"database_url", "redis_url", "sentry_dsn", "app_db_password", "openai_api_key", "llm_api_key"}
 
 
 def _describe(message: str) -> str:

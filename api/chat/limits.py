@@ -1,0 +1,88 @@
+"""Chat limits: concurrent streams per tenant (Redis) and the monthly token budget (Postgres).
+
+Stream slots live in one sorted set per tenant, scored by acquisition time, changed only by an
+atomic script: slots older than the TTL (longer than any run may last) are dropped before
+counting, so a worker that crashed while holding slots cannot leak them for longer than that.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import UTC, datetime
+from datetime import time as dtime
+from uuid import UUID
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.errors import RateLimited, Unavailable
+from storage.repositories.usage import month_of, month_usage, next_month
+
+__all__ = ["STREAM_RETRY_AFTER_S", "StreamSlots", "remaining_budget"]
+
+STREAM_RETRY_AFTER_S = 2
+
+_ACQUIRE = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+class StreamSlots:
+    """At most `cap` chats of one tenant run at once, across every API worker."""
+
+    def __init__(self, redis: Redis, cap: int, ttl_s: int) -> None:
+        self.redis = redis
+        self.cap = cap
+        self.ttl_s = ttl_s
+
+    @staticmethod
+    def key(tenant_id: UUID) -> str:
+        return f"quarry:chat:streams:{tenant_id}"
+
+    async def acquire(self, tenant_id: UUID) -> str:
+        """A slot token, or 429 (with Retry-After) when the tenant already runs `cap` chats."""
+        token = uuid.uuid4().hex
+        try:
+            acquired = await self.redis.eval(  # type: ignore[misc]
+                _ACQUIRE, 1, self.key(tenant_id), str(time.time()), str(self.ttl_s), str(self.cap), token
+            )
+        except (RedisError, OSError) as exc:
+            raise Unavailable("the chat limiter (Redis) is unavailable; try again shortly") from exc
+        if not acquired:
+            error = RateLimited(f"this tenant already has {self.cap} chats running; try again when one ends",
+                                limit=self.cap)
+            error.headers["Retry-After"] = str(STREAM_RETRY_AFTER_S)
+            raise error
+        return token
+
+    async def release(self, tenant_id: UUID, token: str) -> None:
+        await self.redis.zrem(self.key(tenant_id), token)
+
+    async def in_use(self, tenant_id: UUID) -> int:
+        return int(await self.redis.zcard(self.key(tenant_id)))
+
+
+async def remaining_budget(conn: asyncpg.Connection, budget: int) -> int | None:
+    """Tokens the current tenant may still spend this month (None = unlimited); 429 when none.
+    Run inside the tenant's transaction."""
+    if budget <= 0:
+        return None
+    month = month_of()
+    used = (await month_usage(conn, month)).total_tokens
+    if used >= budget:
+        resets = datetime.combine(next_month(month), dtime.min, tzinfo=UTC)
+        error = RateLimited(
+            f"this tenant has used its monthly LLM budget of {budget} tokens; it renews on {resets.date()}",
+            budget=budget, used=used, resets_at=resets.isoformat(),
+        )
+        error.headers["Retry-After"] = str(max(1, int((resets - datetime.now(UTC)).total_seconds())))
+        raise error
+    return budget - used

@@ -1,0 +1,85 @@
+"""Starting a chat answer: limits, scope, history, the stored user message, then the agent.
+
+The order keeps a rejected request cheap and leak-free: the stream slot first (Redis, 429),
+then one short transaction (budget 429, conversation 404, scope 422, history, the user's
+message); any failure there releases the slot before the error leaves.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+
+from api.chat.limits import StreamSlots, remaining_budget
+from api.chat.session import ChatSession
+from api.chat.tools import TenantToolbox
+from core.errors import Unprocessable
+from core.settings import Settings
+from rag.agent import Agent, AgentLimits, strip_citations
+from rag.llm.base import Message
+from storage.repositories import conversations as conv_repo
+from storage.tenancy import tenant_tx
+
+__all__ = ["history_messages", "start_chat", "stream_slots"]
+
+_SLOT_GRACE_S = 60
+_TITLE_CHARS = 80
+
+
+def stream_slots(state: Any, settings: Settings) -> StreamSlots:
+    # A slot outlives any legitimate run (deadline + grace), then expires by itself.
+    return StreamSlots(state.redis, settings.chat_max_streams_per_tenant,
+                       int(settings.agent_deadline_s) + _SLOT_GRACE_S)
+
+
+def history_messages(turns: Sequence[tuple[str, str]]) -> list[Message]:
+    """(role, content) pairs as LLM messages; old answers lose their [n] markers, which
+    pointed at sources of runs the model cannot see."""
+    out = []
+    for role, content in turns:
+        if role == "user":
+            out.append(Message(role="user", content=content))
+        elif role == "assistant":
+            out.append(Message(role="assistant", content=strip_citations(content)))
+    return out
+
+
+async def start_chat(
+    state: Any, pool: asyncpg.Pool, tenant_id: UUID, *, question: str, history: Sequence[tuple[str, str]] = (),
+    collections: list[UUID] | None = None, conversation_id: UUID | None = None, instructions: str | None = None,
+) -> ChatSession:
+    settings: Settings = state.settings
+    started = time.perf_counter()
+    slots = stream_slots(state, settings)
+    token = await slots.acquire(tenant_id)
+    try:
+        async with tenant_tx(pool, tenant_id) as conn:
+            remaining = await remaining_budget(conn, settings.chat_monthly_token_budget)
+            if collections:
+                missing = set(collections) - await conv_repo.existing_collections(conn, collections)
+                if missing:
+                    raise Unprocessable("unknown collections: " + ", ".join(sorted(str(m) for m in missing)))
+            scope = collections
+            if conversation_id is not None:
+                conversation = await conv_repo.get_conversation(conn, conversation_id)
+                if scope is None:
+                    scope = conversation.collection_ids
+                stored = await conv_repo.recent_messages(conn, conversation_id, settings.agent_history_messages)
+                history = [(m.role, m.content) for m in stored]
+                await conv_repo.add_message(conn, tenant_id=tenant_id, conversation_id=conversation_id, role="user",
+                                            content=question)
+                await conv_repo.touch_conversation(conn, conversation_id, question[:_TITLE_CHARS])
+    except BaseException:
+        await slots.release(tenant_id, token)
+        raise
+    max_tokens = settings.agent_max_tokens if remaining is None else min(settings.agent_max_tokens, remaining)
+    limits = AgentLimits(max_steps=settings.agent_max_steps, max_tokens=max_tokens,
+                         max_answer_tokens=settings.agent_max_answer_tokens, deadline_s=settings.agent_deadline_s)
+    agent = Agent(state.llm, TenantToolbox(pool, tenant_id, state.embedder, scope), limits, instructions=instructions)
+    run = agent.start(question, history_messages(history))
+    return ChatSession(run=run, pool=pool, tenant_id=tenant_id, slots=slots, slot_token=token,
+                       conversation_id=conversation_id, started=started, model=state.llm.model).start()

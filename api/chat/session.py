@@ -1,0 +1,221 @@
+"""One chat answer in flight: the agent runs in its own task and feeds a queue that the
+response (SSE, or one JSON body) drains.
+
+Why a task: the run must end exactly once, whatever the client does. When the client hangs
+up, closing the response cancels the task at once — the LLM request is closed mid-stream,
+no DB connection is held (the tools and the final write each open their own short
+`tenant_tx`) — and the task still stores what happened (status `cancelled`, the tokens spent)
+and releases the tenant's stream slot in its `finally`. When nobody reads the response at
+all, the task simply runs to its end and does the same.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response.base import ASGIResponse
+from litestar.response.streaming import ASGIStreamingResponse
+from litestar.types import Receive, Send
+
+from api.chat.limits import StreamSlots
+from api.chat.schemas import ChatAnswer
+from core.errors import Unavailable
+from rag.agent import AgentEvent, AgentRun, DoneEvent, ErrorEvent
+from storage.repositories import conversations as conv_repo
+from storage.repositories.usage import add_usage, month_of
+from storage.tenancy import tenant_tx
+
+__all__ = ["END", "ChatEventStream", "ChatSession", "SessionEvents"]
+
+log = logging.getLogger("quarry.chat")
+
+END = object()
+"""The last item of a session's queue."""
+Item = Any  # AgentEvent | ChatAnswer | END
+_HEARTBEAT_S = 15.0
+_CLOSE_WAIT_S = 10.0
+_running: set[asyncio.Task[None]] = set()  # strong references: a task must not be collected mid-run
+
+
+class ChatSession:
+    def __init__(
+        self, *, run: AgentRun, pool: asyncpg.Pool, tenant_id: UUID, slots: StreamSlots, slot_token: str,
+        conversation_id: UUID | None, started: float, model: str,
+    ) -> None:
+        self.run = run
+        self.pool = pool
+        self.tenant_id = tenant_id
+        self.slots = slots
+        self.slot_token: str | None = slot_token
+        self.conversation_id = conversation_id
+        self.started = started
+        self.model = model
+        self.queue: asyncio.Queue[Item] = asyncio.Queue()
+        self.outcome: ChatAnswer | None = None
+        self.status = "pending"
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> ChatSession:
+        self.task = asyncio.create_task(self._main(), name="quarry-chat")
+        _running.add(self.task)
+        self.task.add_done_callback(_running.discard)
+        return self
+
+    async def result(self) -> ChatAnswer:
+        """Wait for the end (the non-streaming answer). Cancelling the caller cancels the run."""
+        assert self.task is not None
+        await self.task
+        if self.run.error is not None:
+            error = Unavailable(f"the agent could not answer: {self.run.error.message}", code=self.run.error.code)
+            if self.run.error.retryable:
+                error.headers["Retry-After"] = "1"
+            raise error
+        assert self.outcome is not None
+        return self.outcome
+
+    async def close(self) -> None:
+        """The client is gone (or the response ended): stop the run if it still goes."""
+        task = self.task
+        if task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=_CLOSE_WAIT_S)
+
+    # --- the task ------------------------------------------------------------------------------
+
+    async def _main(self) -> None:
+        status = "error"
+        try:
+            await self.run.execute(self._on_event)
+            status = "error" if self.run.error is not None else "complete"
+        except asyncio.CancelledError:
+            status = "cancelled"
+            raise
+        except Exception:
+            log.exception("the chat agent failed unexpectedly")
+            self.run.error = ErrorEvent(code="internal", message="the agent failed unexpectedly; it has been logged",
+                                        retryable=False)
+            self.queue.put_nowait(self.run.error)
+        finally:
+            self.status = status
+            try:
+                await self._store(status)
+            finally:
+                await self._release()
+                self.queue.put_nowait(END)
+
+    def _on_event(self, event: AgentEvent) -> None:
+        if not isinstance(event, DoneEvent):  # `done` goes out after the message is stored (it has its id)
+            self.queue.put_nowait(event)
+
+    async def _store(self, status: str) -> None:
+        run = self.run
+        latency_ms = int((time.perf_counter() - self.started) * 1000)
+        answer = run.answer if status == "complete" else run.partial
+        message_id: UUID | None = None
+        try:
+            async with tenant_tx(self.pool, self.tenant_id) as conn:
+                if self.conversation_id is not None:
+                    stored = await conv_repo.add_message(
+                        conn, tenant_id=self.tenant_id, conversation_id=self.conversation_id, role="assistant",
+                        content=answer, citations=[msgspec.to_builtins(c) for c in run.citations],
+                        tool_calls=[msgspec.to_builtins(c) for c in run.tool_calls],
+                        prompt_tokens=run.usage.prompt_tokens, completion_tokens=run.usage.completion_tokens,
+                        latency_ms=latency_ms, status=status,  # type: ignore[arg-type]
+                        error=msgspec.to_builtins(run.error) if run.error else None,
+                        finish_reason=run.finish_reason if status == "complete" else status, model=self.model,
+                    )
+                    message_id = stored.id
+                    await conv_repo.touch_conversation(conn, self.conversation_id, "")
+                if run.usage.total_tokens:
+                    await add_usage(conn, self.tenant_id, month_of(), run.usage.prompt_tokens,
+                                    run.usage.completion_tokens)
+        except Exception:  # the client still gets its answer; the failure is logged
+            log.exception("could not store the chat outcome (status %s)", status)
+        self.outcome = ChatAnswer(
+            conversation_id=self.conversation_id, message_id=message_id, answer=answer, citations=run.citations,
+            tool_calls=run.tool_calls, finish_reason=run.finish_reason, steps=run.steps, usage=run.usage_out(),
+            latency_ms=latency_ms, model=self.model,
+        )
+        if status == "complete":
+            self.queue.put_nowait(self.outcome)
+
+    async def _release(self) -> None:
+        token, self.slot_token = self.slot_token, None
+        if token is None:
+            return
+        try:
+            await self.slots.release(self.tenant_id, token)
+        except Exception:  # the slot expires by itself (StreamSlots TTL)
+            log.warning("could not release a chat stream slot; it will expire by itself")
+
+
+Encoder = Callable[[Item], Sequence[ServerSentEventMessage]]
+
+
+class SessionEvents:
+    """The response body: the session's queue, encoded; keep-alive comments while it is quiet."""
+
+    def __init__(self, session: ChatSession, encode: Encoder, end: Sequence[ServerSentEventMessage] = ()) -> None:
+        self.session = session
+        self.encode = encode
+        self.end = list(end)
+        self._pending: list[ServerSentEventMessage] = []
+        self._ended = False
+
+    def __aiter__(self) -> SessionEvents:
+        return self
+
+    async def __anext__(self) -> ServerSentEventMessage:
+        while not self._pending:
+            if self._ended:
+                raise StopAsyncIteration
+            try:
+                async with asyncio.timeout(_HEARTBEAT_S):
+                    item = await self.session.queue.get()
+            except TimeoutError:
+                return ServerSentEventMessage(comment="keep-alive")
+            if item is END:
+                self._ended = True
+                self._pending.extend(self.end)
+            else:
+                self._pending.extend(self.encode(item))
+        return self._pending.pop(0)
+
+    async def aclose(self) -> None:
+        await self.session.close()
+
+
+class _ClosingStream(ASGIStreamingResponse):
+    """Closes the session whatever ends the body: the last event, or the client hanging up
+    (Litestar then cancels the sending task, which may be parked anywhere, e.g. in `send`)."""
+
+    __slots__ = ()
+
+    async def send_body(self, send: Send, receive: Receive) -> None:
+        try:
+            await super().send_body(send, receive)
+        finally:
+            content = getattr(self.iterator, "content_async_iterator", None)
+            if isinstance(content, SessionEvents):
+                await content.aclose()
+
+
+class ChatEventStream(ServerSentEvent):
+    def __init__(self, events: SessionEvents, headers: dict[str, str] | None = None) -> None:
+        super().__init__(events, headers=headers)
+
+    def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
+        response = super().to_asgi_response(*args, **kwargs)
+        # Same slots, one overridden method: swapping the class keeps Litestar's own assembly
+        # of headers, cookies and encoding.
+        assert type(response) is ASGIStreamingResponse
+        response.__class__ = _ClosingStream
+        return response

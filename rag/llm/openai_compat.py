@@ -1,0 +1,284 @@
+"""Any OpenAI-compatible `POST {base_url}/chat/completions` endpoint (OpenAI, vLLM, Ollama,
+llama.cpp server, LiteLLM), always streamed (server-sent events).
+
+Retries: 429, 5xx, connection errors and timeouts are retried with exponential backoff and
+jitter (honouring `Retry-After`) while nothing has been received yet; once deltas have been
+handed out a retry would duplicate them, so a stream that breaks later raises
+`LLMUnavailable`. A stall (no byte within `read_timeout_s`) is `LLMTimeout`. Other 4xx fail at
+once. Cancelling the consuming task, or closing the iterator, closes the HTTP response and
+its connection immediately, so the server sees the client go away. The API key never appears
+in an error message, a log line or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import logging
+import random
+import re
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import httpx
+import msgspec
+
+from rag.llm.base import Delta, Finish, Message, TextDelta, ToolCallDelta, ToolChoice, ToolSpec, Usage
+from rag.llm.errors import LLMError, LLMMisconfigured, LLMRejected, LLMTimeout, LLMUnavailable
+
+if TYPE_CHECKING:
+    from core.settings import Settings
+
+__all__ = ["RETRYABLE_STATUSES", "OpenAIChatProvider"]
+
+log = logging.getLogger(__name__)
+
+RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
+_MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
+_TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+_SECRET_LIKE = re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}")
+_message_encoder = msgspec.json.Encoder()
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class _Chunk(msgspec.Struct):
+    """The parts of a `chat.completion.chunk` we read (everything else is ignored)."""
+
+    choices: list[dict[str, Any]] = []
+    usage: dict[str, Any] | None = None
+    error: Any = None
+
+
+_chunk_decoder = msgspec.json.Decoder(_Chunk)
+
+
+class OpenAIChatProvider:
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        model: str,
+        api_key: str | None = None,
+        connect_timeout_s: float = 5.0,
+        read_timeout_s: float = 60.0,
+        max_retries: int = 2,
+        max_connections: int = 512,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 8.0,
+        max_retry_after_s: float = 30.0,
+        sleep: Sleep = asyncio.sleep,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        if max_retries < 0:
+            raise ValueError("max_retries must be >= 0")
+        self.model = model
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._api_key = api_key or None
+        self._timeout = httpx.Timeout(read_timeout_s, connect=connect_timeout_s)
+        self._read_timeout_s = read_timeout_s
+        self._max_retries = max_retries
+        self._max_connections = max_connections
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+        self._max_retry_after_s = max_retry_after_s
+        self._sleep = sleep
+        self._transport = transport
+        self._client: httpx.AsyncClient | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> OpenAIChatProvider:
+        kwargs: dict[str, Any] = {
+            "base_url": settings.llm_base_url,
+            "model": settings.llm_model,
+            "api_key": settings.llm_api_key,
+            "connect_timeout_s": settings.llm_connect_timeout_s,
+            "read_timeout_s": settings.llm_read_timeout_s,
+            "max_retries": settings.llm_max_retries,
+            "max_connections": settings.llm_max_connections,
+        }
+        kwargs.update(overrides)
+        return cls(**kwargs)
+
+    def __repr__(self) -> str:  # no key, ever
+        return f"OpenAIChatProvider(url={self._url!r}, model={self.model!r})"
+
+    def _get_client(self) -> httpx.AsyncClient:
+        if self._client is None:
+            headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+            self._client = httpx.AsyncClient(
+                headers=headers, timeout=self._timeout, transport=self._transport,
+                limits=httpx.Limits(max_connections=self._max_connections,
+                                    max_keepalive_connections=self._max_connections),
+            )
+        return self._client
+
+    async def aclose(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    def payload(
+        self, messages: Sequence[Message], tools: Sequence[ToolSpec], tool_choice: ToolChoice, max_tokens: int | None
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": self.model,
+            "messages": [_wire_message(m) for m in messages],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        if tools:
+            body["tools"] = [{"type": "function", "function": {
+                "name": t.name, "description": t.description, "parameters": t.parameters}} for t in tools]
+            body["tool_choice"] = tool_choice
+        if max_tokens is not None:
+            body["max_tokens"] = max_tokens
+        return body
+
+    async def stream(
+        self, messages: Sequence[Message], *, tools: Sequence[ToolSpec] = (), tool_choice: ToolChoice = "auto",
+        max_tokens: int | None = None,
+    ) -> AsyncGenerator[Delta, None]:
+        body = _message_encoder.encode(self.payload(messages, tools, tool_choice, max_tokens))
+        client = self._get_client()
+        attempts = self._max_retries + 1
+        last_problem = ""
+        for attempt in range(attempts):
+            delay: float | None = None
+            started = False
+            try:
+                async with client.stream(
+                    "POST", self._url, content=body, headers={"Content-Type": "application/json"}
+                ) as response:
+                    if response.status_code == 200:
+                        async for delta in self._deltas(response):
+                            started = True
+                            yield delta
+                        return
+                    await response.aread()
+                    message = self._provider_message(response)
+                    if response.status_code not in RETRYABLE_STATUSES:
+                        raise self._fatal(response.status_code, message)
+                    last_problem = f"HTTP {response.status_code}: {message}"
+                    delay = self._retry_after(response)
+            except _TRANSIENT_ERRORS as exc:
+                if started:
+                    raise self._broken(exc) from None
+                last_problem = _describe(exc)
+                if isinstance(exc, httpx.ReadTimeout) and attempt + 1 == attempts:
+                    raise LLMTimeout(f"the LLM sent nothing for {self._read_timeout_s:g}s "
+                                     f"({attempts} attempt(s))", attempts=attempts) from None
+            if attempt + 1 == attempts:
+                break
+            if delay is None:
+                delay = self._backoff(attempt)
+            log.warning("LLM request failed (%s); retry %d/%d in %.2fs",
+                        self._redact(last_problem), attempt + 1, self._max_retries, delay)
+            await self._sleep(delay)
+        raise LLMUnavailable(
+            f"the LLM is unavailable after {attempts} attempt(s): {self._redact(last_problem)}", attempts=attempts
+        )
+
+    async def _deltas(self, response: httpx.Response) -> AsyncGenerator[Delta, None]:
+        """Parse the SSE body: `data: {chunk}` lines until `data: [DONE]` (or the end of the body)."""
+        finish_reason = "stop"
+        usage: Usage | None = None
+        async for line in response.aiter_lines():
+            if not line.startswith("data:"):
+                continue  # blank separators, comments (": ping"), `event:`/`id:` fields
+            data = line[5:].strip()
+            if data == "[DONE]":
+                break
+            try:
+                chunk = _chunk_decoder.decode(data)
+            except msgspec.DecodeError:
+                raise LLMUnavailable("the LLM sent a malformed stream chunk") from None
+            if chunk.error is not None:
+                raise LLMUnavailable(f"the LLM reported an error mid-stream: {self._redact(str(chunk.error)[:300])}")
+            if chunk.usage:
+                usage = Usage(prompt_tokens=int(chunk.usage.get("prompt_tokens") or 0),
+                              completion_tokens=int(chunk.usage.get("completion_tokens") or 0))
+            for choice in chunk.choices[:1]:
+                delta = choice.get("delta") or {}
+                content = delta.get("content")
+                if isinstance(content, str) and content:
+                    yield TextDelta(content)
+                for call in delta.get("tool_calls") or []:
+                    function = call.get("function") or {}
+                    yield ToolCallDelta(index=int(call.get("index") or 0), id=call.get("id"),
+                                        name=function.get("name"), arguments=function.get("arguments") or "")
+                if choice.get("finish_reason"):
+                    finish_reason = str(choice["finish_reason"])
+        yield Finish(reason=finish_reason, usage=usage)
+
+    def _broken(self, exc: Exception) -> LLMError:
+        if isinstance(exc, httpx.ReadTimeout):
+            return LLMTimeout(f"the LLM stream stalled for more than {self._read_timeout_s:g}s")
+        return LLMUnavailable(f"the LLM stream broke off: {self._redact(_describe(exc))}")
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential, capped, with "equal jitter": at least half the step, at most all of it."""
+        step = min(self._backoff_max_s, self._backoff_base_s * 2.0**attempt)
+        return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not crypto
+
+    def _retry_after(self, response: httpx.Response) -> float | None:
+        value = response.headers.get("retry-after")
+        if value is None:
+            return None
+        try:
+            seconds = float(value)
+        except ValueError:
+            try:
+                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
+            except (TypeError, ValueError):
+                return None
+        if seconds != seconds:  # NaN
+            return None
+        return min(max(seconds, 0.0), self._max_retry_after_s)
+
+    def _fatal(self, status: int, message: str) -> LLMError:
+        detail = f"the LLM answered HTTP {status}: {self._redact(message)}"
+        if status in _MISCONFIGURED_STATUSES:
+            return LLMMisconfigured(detail, upstream_status=status)
+        return LLMRejected(detail, upstream_status=status)
+
+    @staticmethod
+    def _provider_message(response: httpx.Response) -> str:
+        """OpenAI's `{"error": {"message": ...}}`, else the start of the body."""
+        try:
+            body = response.json()
+        except ValueError:
+            return response.text[:300].strip() or response.reason_phrase
+        if isinstance(body, dict):
+            error = body.get("error")
+            if isinstance(error, dict) and isinstance(error.get("message"), str):
+                return str(error["message"])[:500]
+            if isinstance(error, str):
+                return error[:500]
+            if isinstance(body.get("message"), str):
+                return str(body["message"])[:500]
+        return response.text[:300].strip()
+
+    def _redact(self, text: str) -> str:
+        if self._api_key:
+            text = text.replace(self._api_key, "***")
+        return _SECRET_LIKE.sub(r"\1-***", text)
+
+
+def _describe(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+
+
+def _wire_message(message: Message) -> dict[str, Any]:
+    out: dict[str, Any] = {"role": message.role, "content": message.content}
+    if message.tool_calls:
+        out["tool_calls"] = [{"id": c.id, "type": "function", "function": {"name": c.name, "arguments": c.arguments}}
+                             for c in message.tool_calls]
+    if message.tool_call_id is not None:
+        out["tool_call_id"] = message.tool_call_id
+    if message.name is not None and message.role != "tool":
+        out["name"] = message.name
+    return out
