@@ -5,6 +5,9 @@
     quarry tenants create NAME [--operator]
     quarry keys create --tenant NAME --role admin|member|reader [--name TEXT]
     quarry keys revoke PREFIX
+    quarry perf PROFILE [...]                  load/stress/endurance suite (docs/perf-suite.md)
+    quarry sources list|create|update|enable|disable|delete|sync|runs --tenant NAME ...
+    quarry backfill --tenant NAME --collection NAME --model M --dim N [--base-url URL]
 
 A bad setting stops any command with a one-line message naming it and exit code 2.
 """
@@ -44,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     create_key.add_argument("--name", default="")
     revoke = keys.add_parser("revoke", help="revoke an API key by its prefix")
     revoke.add_argument("prefix")
+
+    perf = sub.add_parser("perf", add_help=False,
+                          help="load, stress and endurance runs: quarry perf PROFILE [...] (docs/perf-suite.md)")
+    perf.add_argument("-h", "--help", dest="perf_help", action="store_true")
+    perf.add_argument("perf_args", nargs=argparse.REMAINDER)
+
+    from ops.sources import add_parsers as add_source_parsers
+
+    add_source_parsers(sub)
     return parser
 
 
@@ -107,9 +119,27 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _sources(settings: Settings, args: argparse.Namespace) -> int:
+    from ops import sources
+    from ops.bootstrap import database_admin_url
+
+    with database_admin_url(settings) as url:
+        return asyncio.run(sources.run(settings, url, args))
+
+
+def _perf(_settings: Settings, args: argparse.Namespace) -> int:
+    # perf/ lives in the source tree (it is not installed): the editable checkout's root.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    if root not in sys.path:
+        sys.path.insert(0, root)
+    from perf.run import main as perf_main
+
+    return perf_main(["--help"] if args.perf_help else args.perf_args)
+
+
 _COMMANDS: dict[str, Callable[[Settings, argparse.Namespace], int]] = {
     "up": _up, "api": _api, "worker": _worker, "migrate": _migrate,
-    "tenants": _tenants, "keys": _keys,
+    "tenants": _tenants, "keys": _keys, "sources": _sources, "backfill": _sources, "perf": _perf,
 }
 
 

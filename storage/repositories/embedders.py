@@ -66,9 +66,11 @@ async def register_spec(conn: asyncpg.Connection, spec: EmbedderSpec) -> None:
         if BUILTIN[spec.name].dim != spec.dim:
             raise Conflict(f"embedder {spec.name!r} has dim {BUILTIN[spec.name].dim}")
         return
+    # Same name, kind and dim: the endpoint may have moved (base_url is updated).
     await conn.execute(
         """INSERT INTO embedders (name, kind, model, dim, base_url) VALUES ($1, $2, $3, $4, $5)
-           ON CONFLICT (name) DO NOTHING""",
+           ON CONFLICT (name) DO UPDATE SET base_url = EXCLUDED.base_url
+           WHERE embedders.kind = EXCLUDED.kind AND embedders.dim = EXCLUDED.dim""",
         spec.name, spec.kind, spec.model, spec.dim, spec.base_url,
     )
     stored = await get_spec(conn, spec.name)

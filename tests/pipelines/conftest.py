@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,15 +56,18 @@ def sync_settings(settings: Settings, folder_root: Path) -> Settings:
 
 
 @pytest.fixture
-def make_deps(pool: Any, worker_ctx: dict, tmp_path: Path) -> Callable[..., SyncDeps]:  # type: ignore[type-arg]
-    def factory(settings: Settings, **extra: Any) -> SyncDeps:
-        return SyncDeps(
-            pool=pool, settings=settings, tokenizer=worker_ctx["tokenizer"],
-            embedders=EmbedderResolver(worker_ctx["embedder"], settings, extra.get("embedders")),
-            scratch_dir=tmp_path / "scratch",
-        )
+async def make_deps(pool: Any, worker_ctx: dict, tmp_path: Path) -> AsyncIterator[Callable[..., SyncDeps]]:  # type: ignore[type-arg]
+    resolvers: list[EmbedderResolver] = []
 
-    return factory
+    def factory(settings: Settings, **extra: Any) -> SyncDeps:
+        resolver = EmbedderResolver(worker_ctx["embedder"], settings, extra.get("embedders"))
+        resolvers.append(resolver)
+        return SyncDeps(pool=pool, settings=settings, tokenizer=worker_ctx["tokenizer"], embedders=resolver,
+                        scratch_dir=tmp_path / "scratch")
+
+    yield factory
+    for resolver in resolvers:  # embedders it built (e.g. OpenAI-compatible clients) are closed
+        await resolver.aclose()
 
 
 @pytest.fixture

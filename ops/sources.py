@@ -1,0 +1,209 @@
+"""`quarry sources ...` and `quarry backfill`: the same operations as the API, for ops.
+
+Tenant data goes through the application role and `tenant_tx` (row-level security applies);
+sources are named by name or id. Output is JSON (secrets masked), one document per command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+from uuid import UUID
+
+import asyncpg
+import msgspec
+
+from api.sources.service import check_config, check_schedule, merge_secrets, source_out
+from core.errors import NotFound
+from core.settings import Settings
+from storage.db import create_pool
+from storage.repositories import sources, sync_runs
+from storage.tenancy import tenant_tx
+from storage.urls import with_credentials
+
+__all__ = ["add_parsers", "run"]
+
+
+def add_parsers(sub: Any) -> None:
+    parser = sub.add_parser("sources", help="manage data sources and their syncs")
+    actions = parser.add_subparsers(dest="action", required=True)
+
+    def command(name: str, help_text: str, *, source: bool = True) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = actions.add_parser(name, help=help_text)
+        p.add_argument("--tenant", required=True, help="tenant name")
+        if source:
+            p.add_argument("source", help="source name or id")
+        return p
+
+    command("list", "list sources", source=False)
+    create = command("create", "create a source", source=False)
+    create.add_argument("--name", required=True)
+    create.add_argument("--kind", required=True, choices=["folder", "website", "s3"])
+    create.add_argument("--collection", required=True, help="collection name or id")
+    create.add_argument("--config", required=True, help="JSON object, e.g. '{\"path\": \"/srv/docs\"}'")
+    create.add_argument("--schedule", help="cron expression (UTC)")
+    create.add_argument("--disabled", action="store_true")
+    update = command("update", "change a source's config, schedule or name")
+    update.add_argument("--name")
+    update.add_argument("--config", help="JSON object (the whole config)")
+    update.add_argument("--schedule", help="cron expression (UTC); 'none' removes it")
+    command("enable", "resume scheduled syncs")
+    command("disable", "pause scheduled syncs")
+    delete = command("delete", "delete a source (and its documents)")
+    delete.add_argument("--keep-documents", action="store_true")
+    sync = command("sync", "run a sync now (queued for Dagster; --inline runs it here)")
+    sync.add_argument("--inline", action="store_true", help="run in this process and print the run")
+    command("runs", "recent sync runs")
+
+    backfill = sub.add_parser("backfill", help="re-embed a collection with another embedder, then switch")
+    backfill.add_argument("--tenant", required=True)
+    backfill.add_argument("--collection", required=True, help="collection name or id")
+    backfill.add_argument("--kind", default="openai", choices=["minilm", "openai"])
+    backfill.add_argument("--model", default="")
+    backfill.add_argument("--dim", type=int, default=0)
+    backfill.add_argument("--base-url", default="")
+    backfill.add_argument("--batch-size", type=int, default=64)
+    backfill.add_argument("--no-switch", action="store_true")
+
+
+def _print(value: Any) -> None:
+    sys.stdout.write(json.dumps(json.loads(msgspec.json.encode(value)), indent=2) + "\n")
+
+
+async def _tenant_id(conn: asyncpg.Connection, name: str) -> UUID:
+    row = await conn.fetchrow("SELECT id FROM quarry_tenant_by_name($1)", name)
+    if row is None:
+        raise NotFound(f"no tenant named {name!r}")
+    return UUID(str(row["id"]))
+
+
+async def _source(conn: asyncpg.Connection, ref: str) -> sources.Source:
+    try:
+        return await sources.get_source(conn, UUID(ref))
+    except ValueError:
+        source_id = await conn.fetchval("SELECT id FROM sources WHERE name = $1", ref)
+        if source_id is None:
+            raise NotFound(f"no source named {ref!r}") from None
+        return await sources.get_source(conn, source_id)
+
+
+async def _collection_id(conn: asyncpg.Connection, ref: str) -> UUID:
+    try:
+        return UUID(ref)
+    except ValueError:
+        found = await conn.fetchval("SELECT id FROM collections WHERE name = $1", ref)
+        if found is None:
+            raise NotFound(f"no collection named {ref!r}") from None
+        return UUID(str(found))
+
+
+def _config(text: str) -> dict[str, Any]:
+    value = json.loads(text)
+    if not isinstance(value, dict):
+        raise SystemExit("quarry: --config must be a JSON object")
+    return value
+
+
+async def run(settings: Settings, admin_url: str, args: argparse.Namespace) -> int:
+    pool = await create_pool(with_credentials(admin_url, settings.app_db_user, settings.app_db_password),
+                             min_size=1, max_size=3)
+    try:
+        async with pool.acquire() as conn:
+            tenant_id = await _tenant_id(conn, args.tenant)
+        if args.command == "backfill":
+            return await _backfill(settings, admin_url, pool, tenant_id, args)
+        return await _sources(settings, pool, tenant_id, args)
+    finally:
+        await pool.close()
+
+
+async def _sources(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, args: argparse.Namespace) -> int:
+    action = args.action
+    async with tenant_tx(pool, tenant_id) as conn:
+        if action == "list":
+            items = await sources.list_sources(conn, collection_id=None, after=None, limit=1000)
+            latest = await sync_runs.latest_runs(conn, [s.id for s in items])
+            _print([source_out(s, latest.get(s.id)) for s in items])
+            return 0
+        if action == "create":
+            created = await sources.create_source(
+                conn, tenant_id=tenant_id, collection_id=await _collection_id(conn, args.collection), name=args.name,
+                kind=args.kind, config=check_config(args.kind, _config(args.config), settings),
+                schedule=check_schedule(args.schedule), enabled=not args.disabled,
+            )
+            _print(source_out(created, None))
+            return 0
+        source = await _source(conn, args.source)
+        if action in ("update", "enable", "disable"):
+            changes: dict[str, Any] = {}
+            if action != "update":
+                changes["enabled"] = action == "enable"
+            if action == "update" and args.name:
+                changes["name"] = args.name
+            if action == "update" and args.schedule:
+                changes["schedule"] = None if args.schedule == "none" else check_schedule(args.schedule)
+            if action == "update" and args.config:
+                changes["config"] = check_config(source.kind, merge_secrets(_config(args.config), source.config),
+                                                 settings)
+            _print(source_out(await sources.update_source(conn, source.id, changes), None))
+            return 0
+        if action == "delete":
+            deleted = await sources.delete_source(conn, source.id, delete_documents=not args.keep_documents)
+            _print({"deleted": str(source.id), "documents_deleted": deleted})
+            return 0
+        if action == "runs":
+            _print(await sync_runs.list_runs(conn, source.id, before=None, limit=20))
+            return 0
+        if not args.inline:
+            queued, is_new = await sync_runs.request_run(conn, tenant_id, source.id, "manual")
+            _print({"run": queued, "created": is_new})
+            return 0
+    return await _inline_sync(settings, pool, tenant_id, source.id)
+
+
+async def _inline_sync(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, source_id: UUID) -> int:
+    from pipelines.embedding import EmbedderResolver
+    from pipelines.sync import SyncDeps, sync_source
+    from rag.chunking import HFTokenizer
+    from rag.embedders import make_embedder, tokenizer_path
+
+    embedder = make_embedder(settings)
+    resolver = EmbedderResolver(embedder, settings)
+    try:
+        deps = SyncDeps(pool=pool, settings=settings, tokenizer=HFTokenizer.from_file(tokenizer_path()),
+                        embedders=resolver, scratch_dir=settings.data_path / "sync-scratch")
+        report = await sync_source(deps, tenant_id, source_id, trigger="manual")
+    finally:
+        await resolver.aclose()
+        await embedder.aclose()
+    _print({"run": report.run, "notes": report.notes, "timings_ms": report.timings_ms})
+    return 0 if report.run.status == "succeeded" else 1
+
+
+async def _backfill(
+    settings: Settings, admin_url: str, pool: asyncpg.Pool, tenant_id: UUID, args: argparse.Namespace
+) -> int:
+    from pipelines.backfill import backfill_collection
+    from pipelines.embedding import embedder_from_spec
+    from storage.repositories.embedders import EmbedderSpec
+
+    if args.kind == "minilm":
+        spec = EmbedderSpec(name="minilm-l6-v2", kind="minilm", dim=384)
+    else:
+        if not args.model or args.dim < 1:
+            raise SystemExit("quarry: --model and --dim are required for --kind openai")
+        spec = EmbedderSpec(name=f"openai:{args.model}", kind="openai", model=args.model, dim=args.dim,
+                            base_url=args.base_url or None)
+    async with tenant_tx(pool, tenant_id, readonly=True) as conn:
+        collection_id = await _collection_id(conn, args.collection)
+    embedder = embedder_from_spec(spec, settings)
+    try:
+        report = await backfill_collection(pool, admin_url, tenant_id=tenant_id, collection_id=collection_id,
+                                           embedder=embedder, spec=spec, batch_size=args.batch_size,
+                                           switch=not args.no_switch)
+    finally:
+        await embedder.aclose()
+    _print(report.__dict__)
+    return 0
