@@ -96,7 +96,8 @@ class AgentLimits:
 
 def strip_citations(text: str) -> str:
     """The text without its [n] markers (earlier turns' numbers mean nothing to a new run)."""
-    return re.sub(r"\s+([.,;:!?])", r"\1", _MARKER.sub("", text)).strip()
+    without = re.sub(r"[ \t]+([.,;:!?])", r"\1", _MARKER.sub("", text))
+    return re.sub(r"[ \t]{2,}", " ", without).strip()
 
 
 class Agent:

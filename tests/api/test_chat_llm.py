@@ -1,0 +1,235 @@
+"""Chat with the OpenAI-compatible provider against the simulated LLM (perf/simllm.py):
+tool calling, history, retries, clean errors, deadline, disconnects and the chat limits."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from datetime import date
+
+import msgspec
+import pytest
+
+from api.chat.limits import StreamSlots
+from perf.simllm import Failure, Reply, SimLLM, ToolCallSpec
+from storage.repositories.usage import add_usage, month_of, month_usage
+from storage.tenancy import tenant_tx
+from tests.api.chat_helpers import CORPUS, chat_app, drive_asgi, load_corpus, parse_sse
+from tests.api.helpers import assert_problem
+
+LLM_KEY = "sk-sim-SECRET-0123456789abcdef"
+
+
+@pytest.fixture
+async def sim():
+    async with SimLLM(ttft_ms=10, tokens_per_s=2000, tokens=12) as server:
+        yield server
+
+
+def llm_settings(settings, sim, **overrides):
+    values = {"llm_provider": "openai", "llm_base_url": sim.base_url, "llm_model": "sim-llm", "llm_api_key": LLM_KEY,
+              "llm_max_retries": 2, "llm_read_timeout_s": 10.0, **overrides}
+    return msgspec.structs.replace(settings, **values)
+
+
+async def _chat(capp, headers, message, **extra):
+    return await capp.post("/v1/chat", json={"message": message, **extra}, headers=headers)
+
+
+async def _slots_in_use(capp, tenant_id) -> int:
+    return await StreamSlots(capp.app.state.redis, 1, 60).in_use(tenant_id)
+
+
+async def test_tool_calls_then_an_answer_with_citations(settings, sim, make_tenant, run_jobs):
+    async with chat_app(llm_settings(settings, sim)) as capp:
+        t = await make_tenant()
+        _, docs = await load_corpus(capp, t.headers, run_jobs)
+        sim.reply_next(Reply(tool_calls=[ToolCallSpec("search", {"query": "where penguins live", "k": 3})]),
+                       Reply(text="Penguins live along the coasts of Antarctica [1]. Also [9]."))
+        r = await _chat(capp, t.headers, "Where do penguins live?", stream=True)
+        assert r.status_code == 200, r.text
+        events = parse_sse(r.text)
+        names = [e.event for e in events]
+        assert names[:4] == ["step", "tool_call", "tool_result", "step"]
+        assert names[-2:] == ["citation", "done"] and set(names[4:-2]) == {"token"}
+        assert events[1].data["arguments"] == {"query": "where penguins live", "k": 3}
+        sources = events[2].data["sources"]
+        assert len(sources) == 3 and sources[0]["n"] == 1
+        citation = events[-2].data
+        assert citation["n"] == 1 and citation["chunk_id"] == sources[0]["chunk_id"]  # [9] named no source
+        assert citation["document_id"] == docs["Penguins"] and citation["quote"] in CORPUS["Penguins"]
+        done = events[-1].data
+        assert done["answer"] == "Penguins live along the coasts of Antarctica [1]. Also [9]."
+        assert done["model"] == "sim-llm" and done["steps"] == 2
+
+        first, second = (r.json() for r in sim.chat_requests)
+        assert sim.chat_requests[0].headers["authorization"] == f"Bearer {LLM_KEY}"
+        assert first["model"] == "sim-llm" and first["stream"] is True and first["tool_choice"] == "auto"
+        assert [tool["function"]["name"] for tool in first["tools"]] == ["search", "read_document",
+                                                                         "list_collections"]
+        assert first["messages"][0]["role"] == "system" and first["messages"][-1] == {
+            "role": "user", "content": "Where do penguins live?"}
+        assistant, tool = second["messages"][-2:]
+        assert assistant["tool_calls"][0]["function"]["name"] == "search"
+        assert tool["role"] == "tool" and tool["tool_call_id"] == assistant["tool_calls"][0]["id"]
+        observation = json.loads(tool["content"])
+        assert observation["sources"][0]["n"] == 1 and "Antarctica" in observation["sources"][0]["text"]
+        # Usage as the provider reported it (stream_options.include_usage).
+        assert done["usage"]["completion_tokens"] == sum(r.tokens_sent for r in sim.chat_requests)
+
+
+async def test_earlier_turns_reach_the_llm(settings, sim, make_tenant, run_jobs):
+    async with chat_app(llm_settings(settings, sim)) as capp:
+        t = await make_tenant()
+        await load_corpus(capp, t.headers, run_jobs)
+        r = await capp.post("/v1/conversations", json={}, headers=t.headers)
+        conv = r.json()["id"]
+        sim.reply_next(Reply(text="They live in Antarctica [1]."), Reply(text="Krill [1]."))
+        for question in ("Where do penguins live?", "What do they eat?"):
+            r = await capp.post(f"/v1/conversations/{conv}/messages", json={"content": question}, headers=t.headers)
+            assert r.status_code == 200, r.text
+        messages = sim.chat_requests[-1].json()["messages"]
+        assert [(m["role"], m["content"]) for m in messages[1:]] == [
+            ("user", "Where do penguins live?"),
+            ("assistant", "They live in Antarctica."),  # the old [n] markers are stripped
+            ("user", "What do they eat?"),
+        ]
+
+
+async def test_429_and_500_are_retried(settings, sim, make_tenant):
+    async with chat_app(llm_settings(settings, sim)) as capp:
+        t = await make_tenant()
+        sim.fail_next(Failure(429, retry_after="0"), Failure(500, retry_after="0"))
+        sim.reply_next(Reply(text="Fine after all."))
+        r = await _chat(capp, t.headers, "Hello?")
+        assert r.status_code == 200, r.text
+        assert r.json()["answer"] == "Fine after all."
+        assert [q.outcome for q in sim.chat_requests] == ["failed", "failed", "completed"]
+
+
+async def test_an_llm_that_keeps_failing_ends_in_a_clean_error_event(settings, sim, make_tenant, caplog):
+    async with chat_app(llm_settings(settings, sim)) as capp:
+        t = await make_tenant()
+        conv = (await capp.post("/v1/conversations", json={}, headers=t.headers)).json()["id"]
+        sim.fail_next(*[Failure(500, retry_after="0", message=f"upstream broke for {LLM_KEY}")] * 3)
+        r = await capp.post(f"/v1/conversations/{conv}/messages", json={"content": "Hello?", "stream": True},
+                            headers=t.headers)
+        assert r.status_code == 200
+        events = parse_sse(r.text)
+        assert [e.event for e in events] == ["step", "error"]
+        error = events[-1].data
+        assert error["code"] == "llm_unavailable" and error["retryable"] is True
+        assert "3 attempt(s)" in error["message"] and "Traceback" not in r.text
+        assert LLM_KEY not in r.text and LLM_KEY not in caplog.text
+        assert len(sim.chat_requests) == 3
+
+        stored = (await capp.get(f"/v1/conversations/{conv}", headers=t.headers)).json()["messages"]
+        assert [m["status"] for m in stored] == ["complete", "error"]
+        assert stored[1]["error"]["code"] == "llm_unavailable"
+        assert await _slots_in_use(capp, t.id) == 0
+
+        sim.fail_next(*[Failure(503, retry_after="0")] * 3)
+        body = assert_problem(await _chat(capp, t.headers, "Hello?"), 503)
+        assert body["code"] == "llm_unavailable"
+
+
+async def test_a_stalled_llm_hits_the_deadline(settings, sim, make_tenant):
+    async with chat_app(llm_settings(settings, sim, agent_deadline_s=1.0, llm_read_timeout_s=30.0)) as capp:
+        t = await make_tenant()
+        sim.fail_next(Failure.stall(20))
+        started = time.perf_counter()
+        r = await _chat(capp, t.headers, "Hello?", stream=True)
+        elapsed = time.perf_counter() - started
+        events = parse_sse(r.text)
+        assert [e.event for e in events] == ["step", "error"]
+        assert events[-1].data["code"] == "deadline_exceeded"
+        assert 0.9 < elapsed < 5
+        await sim.wait_for(lambda: sim.cancelled, within_s=5)  # the LLM request was closed, not left hanging
+
+
+async def test_a_stream_that_stalls_mid_answer_times_out(settings, sim, make_tenant):
+    async with chat_app(llm_settings(settings, sim, llm_read_timeout_s=0.3)) as capp:
+        t = await make_tenant()
+        sim.reply_next(Reply(text="one two three four five six", stall_after_tokens=2, stall_s=10))
+        r = await _chat(capp, t.headers, "Count?", stream=True)
+        events = parse_sse(r.text)
+        assert [e.event for e in events] == ["step", "token", "token", "error"]
+        assert events[-1].data["code"] == "llm_timeout"
+        assert len(sim.chat_requests) == 1  # tokens were out already: no retry that would repeat them
+
+
+async def test_disconnect_cancels_the_agent_and_the_llm_call(settings, make_tenant, pool):
+    async with SimLLM(ttft_ms=10, tokens_per_s=5, tokens=100) as slow, \
+            chat_app(llm_settings(settings, slow)) as capp:
+        t = await make_tenant()
+        conv = (await capp.post("/v1/conversations", json={}, headers=t.headers)).json()["id"]
+        app_pool = capp.app.state.pool
+        started = time.perf_counter()
+        exchange = await drive_asgi(capp.app, "POST", f"/v1/conversations/{conv}/messages", t.headers,
+                                    {"content": "Tell me everything.", "stream": True},
+                                    hang_up_when=lambda body: body.count(b"event: token") >= 2)
+        assert exchange.status == 200
+        assert time.perf_counter() - started < 5  # the whole answer would take 20 s
+        await slow.wait_for(lambda: slow.cancelled, within_s=2)
+        (request,) = slow.chat_requests
+        assert request.outcome == "cancelled" and 2 <= request.tokens_sent < 10
+        stored = (await capp.get(f"/v1/conversations/{conv}", headers=t.headers)).json()["messages"]
+        assert [m["status"] for m in stored] == ["complete", "cancelled"]
+        assert stored[1]["content"].startswith("the documents")  # the part streamed before the hang-up
+        assert await _slots_in_use(capp, t.id) == 0
+        assert app_pool.get_idle_size() == app_pool.get_size()  # no connection held by the dead chat
+
+
+async def test_concurrent_streams_per_tenant_are_capped(settings, make_tenant):
+    async with SimLLM(ttft_ms=10, tokens_per_s=20, tokens=20) as slow, \
+            chat_app(llm_settings(settings, slow, chat_max_streams_per_tenant=2)) as capp:
+        t, other = await make_tenant(), await make_tenant()
+        running = [asyncio.create_task(_chat(capp, t.headers, f"q{i}", stream=True)) for i in range(2)]
+        await slow.wait_for(lambda: len(slow.chat_requests) == 2, within_s=5)
+        body = assert_problem(await _chat(capp, t.headers, "one too many"), 429)
+        assert "2 chats" in body["detail"]
+        rejected = await _chat(capp, t.headers, "one too many", stream=True)
+        assert rejected.status_code == 429 and int(rejected.headers["retry-after"]) >= 1
+        assert (await _chat(capp, other.headers, "another tenant")).status_code == 200
+        for done in await asyncio.gather(*running):
+            assert parse_sse(done.text)[-1].event == "done"
+        assert await _slots_in_use(capp, t.id) == 0
+        assert (await _chat(capp, t.headers, "room again")).status_code == 200
+
+        # Released on errors too.
+        slow.fail_next(*[Failure(500, retry_after="0")] * 6)
+        for _ in range(2):
+            assert (await _chat(capp, t.headers, "fails", stream=True)).status_code == 200
+        assert await _slots_in_use(capp, t.id) == 0
+
+        # A slot a crashed worker left behind expires by itself.
+        slots = StreamSlots(capp.app.state.redis, 2, 60)
+        await capp.app.state.redis.zadd(slots.key(t.id), {"crashed-1": time.time() - 3600,
+                                                          "crashed-2": time.time() - 3600})
+        assert (await _chat(capp, t.headers, "after a crash")).status_code == 200
+
+
+async def test_monthly_token_budget(settings, sim, make_tenant, pool):
+    async with chat_app(llm_settings(settings, sim, chat_monthly_token_budget=5000)) as capp:
+        t, other = await make_tenant(), await make_tenant()
+        r = await _chat(capp, t.headers, "Hello?")
+        assert r.status_code == 200, r.text
+        spent = r.json()["usage"]["total_tokens"]
+        async with tenant_tx(pool, t.id, readonly=True) as conn:
+            usage = await month_usage(conn, month_of())
+        assert usage.total_tokens == spent > 0 and usage.requests == 1
+
+        async with tenant_tx(pool, t.id) as conn:
+            await add_usage(conn, t.id, month_of(), 5000 - spent, 0)  # exactly at the budget now
+        body = assert_problem(await _chat(capp, t.headers, "Hello again?"), 429)
+        assert body["budget"] == 5000 and body["used"] == 5000
+        response = await _chat(capp, t.headers, "Hello again?", stream=True)
+        retry_after = int(response.headers["retry-after"])
+        assert 0 < retry_after <= 31 * 24 * 3600
+        assert await _slots_in_use(capp, t.id) == 0  # the rejected request gave its slot back
+
+        assert (await _chat(capp, other.headers, "Hello?")).status_code == 200  # per tenant
+        async with tenant_tx(pool, t.id) as conn:  # last month's usage does not count
+            await add_usage(conn, t.id, date(2000, 1, 1), 10**9, 0)
+            assert (await month_usage(conn, month_of())).total_tokens == 5000
