@@ -20,6 +20,7 @@ from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import paths
 from api.admin.controllers import TenantAdminController, TenantMembersController
+from api.admin.plans import PlanAdminController
 from api.auth import ApiKeyAuthMiddleware
 from api.chat.controllers import ChatController, ConversationController
 from api.chat.openai_facade import CompletionsController
@@ -27,9 +28,11 @@ from api.collections.controllers import CollectionController
 from api.deps import dependencies
 from api.documents.controllers import DocumentController
 from api.health.controllers import HealthController
+from api.limits.middleware import rate_limit_middleware
 from api.me import MeController
 from api.problems import exception_handlers
 from api.search.controllers import SearchController
+from api.serving import api_pool_size, start_serving
 from api.sources.controllers import SourceController
 from core.errors import QuarryError
 from core.logs import configure_logging, request_id_var
@@ -92,9 +95,11 @@ def create_app(settings: Settings) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
         # min_size=0: the API starts (and /readyz can say 503) even while Postgres is down.
+        # Sized from the global connection budget; acquisitions time out into a 503 (docs/serving.md).
         app.state.pool = await create_pool(
-            app_database_url(settings), min_size=0, max_size=settings.db_pool_max,
+            app_database_url(settings), min_size=0, max_size=api_pool_size(settings),
             statement_timeout_ms=settings.db_statement_timeout_ms,
+            acquire_timeout_s=settings.db_acquire_timeout_s, pgbouncer=settings.db_pgbouncer,
         )
         # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs. Built without a ping,
         # so the API starts while Redis is down (and /readyz says so).
@@ -106,9 +111,16 @@ def create_app(settings: Settings) -> Litestar:
         app.state.blobs = BlobStore.under(settings.data_path)
         app.state.embedder = make_embedder(settings)  # loads lazily, on the first query
         app.state.llm = make_llm_provider(settings)  # connects on the first chat
+        # Caches, rate limiter and their Redis client (short timeouts, degrades when Redis is down).
+        serving = start_serving(settings, app.state.pool)
+        app.state.serving = serving
+        app.state.principals = serving.principals
+        app.state.rate_limiter = serving.limiter
+        app.state.search_cache = serving.search_cache
         try:
             yield
         finally:
+            await serving.aclose()
             await app.state.llm.aclose()
             await app.state.embedder.aclose()
             await app.state.redis.aclose()
@@ -119,7 +131,7 @@ def create_app(settings: Settings) -> Litestar:
             HealthController, MeController, TenantAdminController, TenantMembersController,
             CollectionController, DocumentController, SearchController,
             ConversationController, ChatController, CompletionsController,
-            SourceController,
+            SourceController, PlanAdminController,
         ],
         lifespan=[lifespan],
         dependencies=dependencies,
@@ -128,6 +140,7 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[
             _request_id_middleware,
             DefineMiddleware(ApiKeyAuthMiddleware, exclude=[f"^{p}" for p in paths.PUBLIC]),
+            rate_limit_middleware,  # after auth: limits are per key and per tenant
         ],
         request_max_body_size=settings.max_json_bytes,
         openapi_config=OpenAPIConfig(

@@ -14,6 +14,7 @@ from litestar.handlers.base import BaseRouteHandler
 from litestar.middleware import AbstractAuthenticationMiddleware, AuthenticationResult
 
 from core.errors import Forbidden, Unauthorized, Unavailable
+from storage.caches.principals import PrincipalCache
 from storage.models import Principal, Role
 from storage.repositories.api_keys import principal_for_key
 
@@ -43,9 +44,14 @@ class ApiKeyAuthMiddleware(AbstractAuthenticationMiddleware):
         if not key.startswith("qk_"):
             raise _unauthorized("invalid API key")
         pool: asyncpg.Pool = connection.app.state.pool
+        # Two-tier cache (in-process, then Redis, then Postgres); see storage.caches.principals.
+        principals: PrincipalCache | None = getattr(connection.app.state, "principals", None)
         try:
-            async with pool.acquire() as conn:
-                principal = await principal_for_key(conn, key)
+            if principals is not None:
+                principal = await principals.principal(key)
+            else:
+                async with pool.acquire() as conn:
+                    principal = await principal_for_key(conn, key)
         except (OSError, asyncpg.PostgresConnectionError, asyncpg.InterfaceError) as exc:
             raise Unavailable("the database is unavailable; try again shortly") from exc
         if principal is None:

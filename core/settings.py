@@ -136,6 +136,39 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Longest fetch of one item (connect + download); a source may set a lower limit."""
     connector_user_agent: str = "QuarryBot/0.1 (+https://github.com/quarry-rag/quarry)"
 
+    # --- serving: pool budget, caches, rate limits, telemetry (docs/serving.md) ---
+    db_max_connections: PositiveInt = 80
+    """Postgres connections the API workers and arq workers may hold together: each API
+    worker's pool gets (budget - 4 per arq worker) / QUARRY_API_WORKERS, at most QUARRY_DB_POOL_MAX."""
+    db_acquire_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=60)] = 2.0
+    """Longest wait for a pool connection; then 503 with Retry-After (never an endless queue)."""
+    db_pgbouncer: bool = False
+    """DATABASE_URL points at PgBouncer in transaction pooling: no prepared-statement cache."""
+    api_backpressure: Annotated[int, msgspec.Meta(ge=0)] = 0
+    """Requests one Granian worker processes at once; 0 = 4 x its pool size (at least 32)."""
+    api_graceful_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 10.0
+    """On shutdown, how long in-flight requests may take to finish before workers are killed."""
+    redis_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=10_000)] = 250
+    """Deadline of one cache / rate-limit call to Redis; past it the API serves without Redis."""
+    principal_cache_local_ttl_s: Annotated[float, msgspec.Meta(ge=0, le=300)] = 5.0
+    """In-process principal cache TTL: the longest a revoked key can still work on another process."""
+    principal_cache_redis_ttl_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 60
+    search_cache_ttl_s: Annotated[int, msgspec.Meta(ge=0)] = 300
+    """Search-result cache TTL (0 = off); a content change invalidates at once regardless."""
+    embedding_cache_ttl_s: Annotated[int, msgspec.Meta(ge=0)] = 86_400
+    """Query-embedding cache TTL (0 = off)."""
+    rate_limit_enabled: bool = True
+    rate_limits: str = "read=1200/6000,write=300/1500,search=600/3000,chat=60/300,upload=120/600,admin=120/600"
+    """Default requests per minute per route class, as `class=per_key/per_tenant` (0 = unlimited);
+    plans and per-tenant overrides (admin API) take precedence."""
+    rate_limit_fail_mode: Literal["open", "closed"] = "open"
+    """When Redis is unreachable: open = serve without limits, closed = answer 503."""
+    metrics_token: str = ""
+    """When set, /metrics requires `Authorization: Bearer <token>`; empty = public."""
+    otel_service_name: str = "quarry"
+    sentry_environment: str = "production"
+    sentry_traces_sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
+
     def __post_init__(self) -> None:
         if self.database_url is not None and not re.match(r"postgres(ql)?://", self.database_url):
             raise ValueError("must start with postgresql:// - at `$.database_url`")
@@ -143,6 +176,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("must start with redis://, rediss:// or unix:// - at `$.redis_url`")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("must not exceed QUARRY_DB_POOL_MAX - at `$.db_pool_min`")
+        if not re.fullmatch(r"\s*(\w+=\d+/\d+\s*(,\s*\w+=\d+/\d+\s*)*)?", self.rate_limits):
+            raise ValueError("expected class=per_key/per_tenant pairs, e.g. search=600/3000 - at `$.rate_limits`")
 
     @property
     def data_path(self) -> Path:

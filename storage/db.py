@@ -9,6 +9,8 @@ import asyncpg
 import msgspec
 from pgvector.asyncpg import register_vector
 
+from storage.pooling import QuarryPool
+
 __all__ = ["create_pool"]
 
 
@@ -28,12 +30,15 @@ async def create_pool(
     max_size: int = 10,
     statement_timeout_ms: int = 30_000,
     pgbouncer: bool = False,
+    acquire_timeout_s: float | None = None,
+    metrics_name: str = "primary",
 ) -> asyncpg.Pool:
     """A pool for the application role. `pgbouncer=True` disables the prepared-statement
-    cache, which transaction pooling cannot carry between server connections."""
+    cache, which transaction pooling cannot carry between server connections.
+    `acquire_timeout_s` makes a `QuarryPool` (storage.pooling): acquisitions wait at most that
+    long, then raise `Unavailable` (503), and the pool reports its gauges to /metrics."""
     extra: dict[str, Any] = {"statement_cache_size": 0} if pgbouncer else {}
-    pool = await asyncpg.create_pool(
-        url,
+    options: dict[str, Any] = dict(
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
@@ -43,5 +48,14 @@ async def create_pool(
         },
         **extra,
     )
+    if acquire_timeout_s is not None:
+        pool = await QuarryPool(
+            url, acquire_timeout_s=acquire_timeout_s, metrics_name=metrics_name, max_queries=50_000,
+            max_inactive_connection_lifetime=300.0, loop=None, connection_class=asyncpg.Connection,
+            record_class=asyncpg.Record, **options,
+        )
+        pool.sample()
+        return pool
+    pool = await asyncpg.create_pool(url, **options)
     assert pool is not None
     return pool

@@ -124,3 +124,6 @@ class TenantMembersController(Controller):
         """Revoke a key of the caller's tenant; it stops working at once."""
         async with tenant_tx(pool, request.user.tenant_id) as conn:
             await api_keys.revoke_key(conn, key_id)
+        principals = getattr(request.app.state, "principals", None)
+        if principals is not None:  # drop cached copies in Redis and in every API process
+            await principals.invalidate(key_id)

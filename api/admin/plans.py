@@ -1,0 +1,142 @@
+"""Plans and per-tenant rate limits (operator admins only).
+
+A plan is a named set of limits per route class; a tenant follows one plan (``default``
+unless set) and may carry overrides of its own. What applies is settings defaults ← plan ←
+tenant overrides, field by field; 0 means unlimited. Changes reach every API process within
+the principal-cache local TTL (they are invalidated through Redis pub/sub at once when it is up).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+from uuid import UUID
+
+import msgspec
+from litestar import Controller, Request, delete, get, put
+from litestar.datastructures import State
+from litestar.params import FromPath, JSONBody
+
+from api import paths
+from api.auth import require_operator
+from api.deps import DbPool
+from api.limits.classes import RateClass
+from api.limits.policy import LimitsPolicy
+from core.errors import NotFound, Unprocessable
+from storage.models import Principal
+from storage.repositories import plans, tenants
+from storage.repositories.plans import Plan
+
+__all__ = ["PlanAdminController"]
+
+ADMIN_PLANS = f"{paths.ADMIN}/plans"
+ADMIN_PLAN = f"{ADMIN_PLANS}/{{plan_name:str}}"
+ADMIN_TENANT_LIMITS = f"{paths.ADMIN_TENANTS}/{{tenant_name:str}}/limits"
+
+AnyRequest = Request[Principal, UUID, State]
+PerMinute = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
+PlanName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+
+
+class ClassLimitBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    key: PerMinute | None = None
+    """Requests per minute per API key (0 = unlimited; absent = inherit)."""
+    tenant: PerMinute | None = None
+    """Requests per minute for the whole tenant (0 = unlimited; absent = inherit)."""
+
+
+LimitsBody = dict[RateClass, ClassLimitBody]
+
+
+class PutPlan(msgspec.Struct, forbid_unknown_fields=True):
+    limits: LimitsBody
+
+
+class PutTenantLimits(msgspec.Struct, forbid_unknown_fields=True):
+    plan: PlanName | None = None
+    """The plan to follow (`default` = the settings' defaults, or a plan created here)."""
+    limits: LimitsBody | None = None
+    """Overrides of this tenant (replace the previous ones; `{}` clears them)."""
+
+
+class EffectiveLimit(msgspec.Struct):
+    key: int
+    tenant: int
+
+
+class TenantLimits(msgspec.Struct):
+    tenant: str
+    plan: str
+    overrides: dict[str, Any]
+    effective: dict[str, EffectiveLimit]
+    """What applies now, per route class (requests per minute; 0 = unlimited)."""
+
+
+class PlanList(msgspec.Struct):
+    items: list[Plan]
+
+
+def _policy(request: AnyRequest) -> LimitsPolicy:
+    return request.app.state.serving.policy  # type: ignore[no-any-return]
+
+
+class PlanAdminController(Controller):
+    tags = ["admin"]
+    guards = [require_operator]
+
+    @get(ADMIN_PLANS, operation_id="listPlans")
+    async def list_plans(self, pool: DbPool) -> PlanList:
+        """Rate-limit plans."""
+        async with pool.acquire() as conn:
+            return PlanList(items=await plans.list_plans(conn))
+
+    @put(ADMIN_PLAN, operation_id="putPlan")
+    async def put_plan(self, plan_name: FromPath[str], data: JSONBody[PutPlan], request: AnyRequest,
+                       pool: DbPool) -> Plan:
+        """Create or replace a plan's limits; tenants on it get them within seconds."""
+        _check_name(plan_name)
+        async with pool.acquire() as conn:
+            plan = await plans.put_plan(conn, plan_name, msgspec.to_builtins(data.limits))
+        await _policy(request).plan_changed(plan_name)
+        return plan
+
+    @delete(ADMIN_PLAN, operation_id="deletePlan")
+    async def delete_plan(self, plan_name: FromPath[str], request: AnyRequest, pool: DbPool) -> None:
+        """Delete a plan; tenants still naming it fall back to the settings' defaults."""
+        async with pool.acquire() as conn:
+            await plans.delete_plan(conn, plan_name)
+        await _policy(request).plan_changed(plan_name)
+
+    @get(ADMIN_TENANT_LIMITS, operation_id="getTenantLimits")
+    async def get_limits(self, tenant_name: FromPath[str], request: AnyRequest, pool: DbPool) -> TenantLimits:
+        """A tenant's plan, overrides and the limits in effect."""
+        return await _describe(request, pool, tenant_name)
+
+    @put(ADMIN_TENANT_LIMITS, operation_id="putTenantLimits")
+    async def put_limits(self, tenant_name: FromPath[str], data: JSONBody[PutTenantLimits], request: AnyRequest,
+                         pool: DbPool) -> TenantLimits:
+        """Set a tenant's plan and/or its own overrides."""
+        async with pool.acquire() as conn, conn.transaction():
+            if data.plan is not None and data.plan != "default" and await plans.get_plan(conn, data.plan) is None:
+                raise Unprocessable(f"no plan named {data.plan!r}; create it with PUT {ADMIN_PLANS}/{data.plan}")
+            limits = msgspec.to_builtins(data.limits) if data.limits is not None else None
+            tenant = await plans.set_tenant_limits(conn, tenant_name, data.plan, limits)
+        await _policy(request).tenant_changed(tenant.id)
+        return await _describe(request, pool, tenant_name)
+
+
+def _check_name(name: str) -> None:
+    try:
+        msgspec.convert(name, PlanName)
+    except msgspec.ValidationError:
+        raise Unprocessable("plan name must be 1-63 characters of a-z, 0-9, '_' or '-'") from None
+
+
+async def _describe(request: AnyRequest, pool: DbPool, tenant_name: str) -> TenantLimits:
+    async with pool.acquire() as conn:
+        tenant = await tenants.get_tenant_by_name(conn, tenant_name)
+        row = await plans.tenant_limits(conn, tenant.id) if tenant else None
+    if tenant is None or row is None:
+        raise NotFound(f"no tenant named {tenant_name!r}")
+    effective = await _policy(request).effective(tenant.id)
+    return TenantLimits(tenant=tenant.name, plan=row.plan, overrides=row.tenant_limits,
+                        effective={c: EffectiveLimit(v.key, v.tenant) for c, v in effective.items()})

@@ -1,0 +1,80 @@
+"""Wiring of the serving layer (pool sizing, Redis guard, caches, rate limiter), made in the
+app's lifespan and kept on `app.state`. Everything here degrades when Redis is down."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import asyncpg
+from redis.asyncio import Redis
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.retry import Retry
+
+from api.limits.middleware import RateLimiter
+from api.limits.policy import LimitsPolicy, parse_defaults
+from core.settings import Settings
+from storage.caches.bus import InvalidationBus
+from storage.caches.guard import RedisGuard
+from storage.caches.principals import PrincipalCache
+from storage.caches.search import SearchCache
+
+__all__ = ["ARQ_WORKER_POOL_SIZE", "Serving", "api_pool_size", "backpressure", "start_serving"]
+
+ARQ_WORKER_POOL_SIZE = 4  # jobs.worker's pool per arq worker process
+
+
+def api_pool_size(settings: Settings) -> int:
+    """Each API worker's share of the global connection budget, at most QUARRY_DB_POOL_MAX."""
+    budget = settings.db_max_connections - ARQ_WORKER_POOL_SIZE * settings.arq_workers
+    return max(1, min(settings.db_pool_max, budget // settings.api_workers))
+
+
+def backpressure(settings: Settings) -> int:
+    """Concurrent requests per Granian worker. Most requests hold a connection only briefly
+    and streams (SSE) hold none while they wait, so several requests share a connection; past
+    this many, new requests wait in Granian's accept queue instead of the pool's."""
+    return settings.api_backpressure or max(32, 4 * api_pool_size(settings))
+
+
+@dataclass
+class Serving:
+    redis: Redis
+    bus_redis: Redis
+    guard: RedisGuard
+    bus: InvalidationBus
+    principals: PrincipalCache
+    policy: LimitsPolicy
+    limiter: RateLimiter
+    search_cache: SearchCache
+
+    async def aclose(self) -> None:
+        await self.bus.stop()
+        await self.bus_redis.aclose()
+        await self.redis.aclose()
+
+
+def start_serving(settings: Settings, pool: asyncpg.Pool) -> Serving:
+    url = settings.redis_url or "redis://127.0.0.1:6379/0"
+    timeout = settings.redis_timeout_ms / 1000
+    # Caches and limits get their own client with short timeouts (the arq client on app.state.redis
+    # keeps longer ones for enqueueing). One retry on a dropped connection: after a Redis restart
+    # every pooled connection is stale once.
+    redis = Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout,
+                           retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError],
+                           health_check_interval=30)
+    # Pub/sub blocks while waiting for messages: no socket timeout there.
+    bus_redis = Redis.from_url(url, socket_connect_timeout=max(timeout, 1.0), health_check_interval=15)
+    guard = RedisGuard(redis, timeout_s=timeout)
+    bus = InvalidationBus(bus_redis, guard)
+    principals = PrincipalCache(pool, guard, bus, local_ttl_s=settings.principal_cache_local_ttl_s,
+                                redis_ttl_s=settings.principal_cache_redis_ttl_s)
+    policy = LimitsPolicy(pool, guard, bus, parse_defaults(settings.rate_limits),
+                          local_ttl_s=settings.principal_cache_local_ttl_s,
+                          redis_ttl_s=settings.principal_cache_redis_ttl_s)
+    limiter = RateLimiter(guard, policy, fail_mode=settings.rate_limit_fail_mode,
+                          enabled=settings.rate_limit_enabled)
+    search_cache = SearchCache(pool, guard, result_ttl_s=settings.search_cache_ttl_s,
+                               embedding_ttl_s=settings.embedding_cache_ttl_s)
+    bus.start()
+    return Serving(redis, bus_redis, guard, bus, principals, policy, limiter, search_cache)

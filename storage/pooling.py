@@ -1,0 +1,118 @@
+"""The serving side of the Postgres pool: bounded waits, pool metrics, one retry for reads.
+
+- `QuarryPool.acquire()` never waits longer than the acquire timeout: when every connection
+  is busy (or Postgres cannot be reached) it raises `Unavailable` (503 + Retry-After) instead
+  of letting requests queue without bound. Every `pool.acquire()` in the code base, and
+  `tenant_tx`, go through it, so no call site has to remember a timeout.
+- It keeps the pool gauges (size, in use, waiting) current for `/metrics`.
+- `run_read` / `run_tenant_read` run an idempotent read and retry it once on a fresh
+  connection when the first one was dropped (server restart, PgBouncer or a proxy closing
+  idle connections, failover): the second failure is a 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+from uuid import UUID
+
+import asyncpg
+
+from core.errors import Unavailable
+from core.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, DB_POOL_TIMEOUTS, DB_POOL_WAITING
+from storage.tenancy import tenant_tx
+
+__all__ = ["CONNECTION_LOST", "QuarryPool", "run_read", "run_tenant_read"]
+
+T = TypeVar("T")
+
+# A connection that died under us: retrying a read on another one is safe.
+CONNECTION_LOST: tuple[type[BaseException], ...] = (
+    asyncpg.ConnectionDoesNotExistError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
+    ConnectionResetError, BrokenPipeError,
+)
+_CANNOT_CONNECT: tuple[type[BaseException], ...] = (
+    OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
+)
+
+
+def _unavailable(detail: str, retry_after_s: int) -> Unavailable:
+    exc = Unavailable(detail)
+    exc.headers["Retry-After"] = str(retry_after_s)
+    return exc
+
+
+class QuarryPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type information
+    """An asyncpg pool whose acquisitions time out (→ 503) and report metrics."""
+
+    def __init__(self, *args: Any, acquire_timeout_s: float, metrics_name: str = "primary", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.acquire_timeout_s = acquire_timeout_s
+        self.metrics_name = metrics_name
+        self.waiting = 0
+        self.in_use = 0
+
+    async def _acquire(self, timeout: float | None) -> Any:  # noqa: ASYNC109 - asyncpg's signature
+        waiting = DB_POOL_WAITING.labels(self.metrics_name)
+        self.waiting += 1
+        waiting.inc()
+        try:
+            proxy = await super()._acquire(self.acquire_timeout_s if timeout is None else timeout)
+        except TimeoutError:
+            DB_POOL_TIMEOUTS.labels(self.metrics_name).inc()
+            raise _unavailable("all database connections are busy; try again shortly", 1) from None
+        except _CANNOT_CONNECT as exc:
+            raise _unavailable("the database is unavailable; try again shortly", 2) from exc
+        finally:
+            self.waiting -= 1
+            waiting.dec()
+        self.in_use += 1
+        DB_POOL_IN_USE.labels(self.metrics_name).inc()
+        self.sample()
+        return proxy
+
+    async def release(self, connection: Any, *, timeout: float | None = None) -> None:  # noqa: ASYNC109
+        try:
+            await super().release(connection, timeout=timeout)
+        finally:
+            self.in_use -= 1
+            DB_POOL_IN_USE.labels(self.metrics_name).dec()
+            self.sample()
+
+    def sample(self) -> None:
+        """Refresh the size gauge (connections open, idle or not)."""
+        DB_POOL_SIZE.labels(self.metrics_name).set(self.get_size())
+
+    async def close(self) -> None:
+        await super().close()
+        DB_POOL_SIZE.labels(self.metrics_name).set(0)
+
+
+async def run_read(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """An idempotent read on any pooled connection, retried once if the connection dropped."""
+    for attempt in (1, 2):
+        try:
+            async with pool.acquire() as conn:
+                return await fn(conn)
+        except CONNECTION_LOST as exc:
+            if attempt == 2:
+                raise _unavailable("the database connection was lost; try again shortly", 1) from exc
+            await asyncio.sleep(0)
+    raise AssertionError("unreachable")
+
+
+async def run_tenant_read(
+    pool: asyncpg.Pool, tenant_id: UUID | str, fn: Callable[[asyncpg.Connection], Awaitable[T]], *,
+    local_settings: Mapping[str, str] | None = None,
+) -> T:
+    """`run_read` inside a read-only `tenant_tx` (row-level security applies)."""
+    for attempt in (1, 2):
+        try:
+            async with tenant_tx(pool, tenant_id, readonly=True, local_settings=local_settings) as conn:
+                return await fn(conn)
+        except CONNECTION_LOST as exc:
+            if attempt == 2:
+                raise _unavailable("the database connection was lost; try again shortly", 1) from exc
+            await asyncio.sleep(0)
+    raise AssertionError("unreachable")

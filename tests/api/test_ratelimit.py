@@ -1,0 +1,190 @@
+"""Rate limits: atomic under concurrency, per key and per tenant, per route class, plans set
+through the admin API, headers, and the fail-open / fail-closed modes when Redis is down."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import pytest
+
+from tests.api.helpers import assert_problem, bearer, create_key
+
+ADMIN_FREE = "admin=0/0,write=0/0"
+
+
+def limited(settings, spec: str, **extra):
+    return msgspec.structs.replace(settings, rate_limits=f"{spec},{ADMIN_FREE}", **extra)
+
+
+async def test_parallel_requests_exactly_the_limit_succeed(settings, app_client, make_tenant):
+    tenant = await make_tenant()
+    async with app_client(limited(settings, "read=7/1000")) as client:
+        responses = await asyncio.gather(*[client.get("/v1/me", headers=tenant.headers) for _ in range(25)])
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(ok) == 7 and len(refused) == 18, [r.status_code for r in responses]
+    # The script is atomic: each allowed request saw a different count.
+    assert sorted(int(r.headers["ratelimit-remaining"]) for r in ok) == [0, 1, 2, 3, 4, 5, 6]
+    for r in ok:
+        assert r.headers["ratelimit-limit"] == "7"
+    for r in refused:
+        body = assert_problem(r, 429)
+        assert body["rate_class"] == "read" and body["scope"] == "key"
+        assert r.headers["ratelimit-remaining"] == "0"
+        assert 1 <= int(r.headers["retry-after"]) <= 60 // 7 + 1
+        assert int(r.headers["retry-after"]) <= int(r.headers["ratelimit-reset"]) <= 60
+
+
+async def test_headers_count_down_consistently(settings, app_client, make_tenant):
+    tenant = await make_tenant()
+    async with app_client(limited(settings, "read=4/1000")) as client:
+        seen = []
+        for _ in range(4):
+            r = await client.get("/v1/me", headers=tenant.headers)
+            assert r.status_code == 200
+            seen.append((r.headers["ratelimit-limit"], int(r.headers["ratelimit-remaining"]),
+                         int(r.headers["ratelimit-reset"])))
+            assert r.headers["ratelimit-policy"] == "4;w=60, 1000;w=60"
+        assert [s[1] for s in seen] == [3, 2, 1, 0]
+        assert {s[0] for s in seen} == {"4"}
+        resets = [s[2] for s in seen]
+        assert resets == sorted(resets) and 0 < resets[0] and resets[-1] <= 60  # the quota refills later
+        refused = await client.get("/v1/me", headers=tenant.headers)
+        assert_problem(refused, 429)
+        # 4 per minute: one request every 15 s comes back.
+        assert 1 <= int(refused.headers["retry-after"]) <= 15
+
+
+async def test_tenants_have_independent_limits(settings, app_client, make_tenant):
+    a, b = await make_tenant(), await make_tenant()
+    async with app_client(limited(settings, "read=100/3")) as client:
+        results = await asyncio.gather(*[client.get("/v1/me", headers=t.headers) for t in (a, b) for _ in range(6)])
+    by_tenant = [sum(r.status_code == 200 for r in results[i * 6:(i + 1) * 6]) for i in (0, 1)]
+    assert by_tenant == [3, 3]
+    assert_problem(results[-1], 429)
+    assert results[-1].json()["scope"] == "tenant"
+
+
+async def test_key_limit_and_tenant_limit_combine(settings, app_client, make_tenant):
+    tenant = await make_tenant()
+    async with app_client(limited(settings, "read=3/5")) as client:
+        other = bearer((await create_key(client, tenant.headers, "reader"))["key"])
+        first = [await client.get("/v1/me", headers=tenant.headers) for _ in range(10)]
+        assert [r.status_code for r in first] == [200] * 3 + [429] * 7
+        assert first[-1].json()["scope"] == "key"
+        # The 7 refused requests used none of the tenant's quota: 5 - 3 = 2 are left for the other key.
+        second = [await client.get("/v1/me", headers=other) for _ in range(4)]
+        assert [r.status_code for r in second] == [200, 200, 429, 429]
+        assert second[-1].json()["scope"] == "tenant"
+        assert second[1].headers["ratelimit-limit"] == "5"  # the tenant bucket binds now
+
+
+async def test_route_classes_have_separate_buckets(settings, app_client, make_tenant):
+    tenant = await make_tenant()
+    spec = "read=2/100,write=2/100,admin=0/0"
+    async with app_client(msgspec.structs.replace(settings, rate_limits=spec)) as client:
+        for _ in range(2):
+            assert (await client.get("/v1/me", headers=tenant.headers)).status_code == 200
+        assert (await client.get("/v1/me", headers=tenant.headers)).status_code == 429
+        r = await client.post("/v1/collections", json={"name": "c1"}, headers=tenant.headers)
+        assert r.status_code == 201 and r.headers["ratelimit-remaining"] == "1"
+        # admin=0/0: unlimited, so no rate-limit headers at all
+        r = await client.get("/v1/admin/keys", headers=tenant.headers)
+        assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+
+
+async def test_public_endpoints_are_not_limited(settings, app_client):
+    async with app_client(limited(settings, "read=1/1")) as client:
+        for _ in range(3):
+            r = await client.get("/healthz")
+            assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+
+
+async def test_disabled_rate_limiting_sends_no_headers(settings, app_client, make_tenant):
+    tenant = await make_tenant()
+    async with app_client(limited(settings, "read=1/1", rate_limit_enabled=False)) as client:
+        for _ in range(3):
+            r = await client.get("/v1/me", headers=tenant.headers)
+            assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+
+
+async def test_plans_and_tenant_overrides_through_the_admin_api(settings, app_client, make_tenant):
+    operator, tenant = await make_tenant(operator=True), await make_tenant()
+    plan = f"tiny-{tenant.tenant.name[-6:]}"
+    async with app_client(limited(settings, "read=50/500")) as client:
+        r = await client.put(f"/v1/admin/plans/{plan}", json={"limits": {"read": {"key": 2}}},
+                             headers=operator.headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["limits"] == {"read": {"key": 2}}
+        url = f"/v1/admin/tenants/{tenant.tenant.name}/limits"
+        r = await client.get(url, headers=operator.headers)
+        assert r.status_code == 200 and r.json()["plan"] == "default"
+        assert r.json()["effective"]["read"] == {"key": 50, "tenant": 500}
+
+        r = await client.put(url, json={"plan": plan}, headers=operator.headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["effective"]["read"] == {"key": 2, "tenant": 500}  # plan over defaults, field by field
+        codes = [(await client.get("/v1/me", headers=tenant.headers)).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]
+
+        # A tenant override beats the plan; 0 = unlimited.
+        r = await client.put(url, json={"limits": {"read": {"key": 0, "tenant": 0}}}, headers=operator.headers)
+        assert r.status_code == 200 and r.json()["plan"] == plan
+        assert r.json()["effective"]["read"] == {"key": 0, "tenant": 0}
+        for _ in range(5):
+            r = await client.get("/v1/me", headers=tenant.headers)
+            assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+
+        # Changing the plan itself reaches its tenants (here masked by the override for `read`).
+        r = await client.put(f"/v1/admin/plans/{plan}", json={"limits": {"write": {"key": 1}}},
+                             headers=operator.headers)
+        assert r.status_code == 200
+        r = await client.get(url, headers=operator.headers)
+        assert r.json()["effective"]["write"]["key"] == 1
+
+        assert (await client.get("/v1/admin/plans", headers=operator.headers)).status_code == 200
+        assert_problem(await client.put(url, json={"plan": "no-such-plan"}, headers=operator.headers), 422)
+        assert_problem(await client.put(url, json={"limits": {"teleport": {"key": 1}}}, headers=operator.headers),
+                       422)
+        assert_problem(await client.put(url, json={"limits": {"read": {"key": -1}}}, headers=operator.headers), 422)
+        assert_problem(await client.put("/v1/admin/tenants/nobody-here/limits", json={"plan": "default"},
+                                        headers=operator.headers), 404)
+        assert_problem(await client.put(url, json={"plan": "default"}, headers=tenant.headers), 403)
+        assert_problem(await client.put(f"/v1/admin/plans/{plan}", json={"limits": {}}, headers=tenant.headers), 403)
+        r = await client.delete(f"/v1/admin/plans/{plan}", headers=operator.headers)
+        assert r.status_code == 204
+        assert_problem(await client.delete(f"/v1/admin/plans/{plan}", headers=operator.headers), 404)
+
+
+async def _wait_for_redis(client, headers, deadline_s: float = 15.0):
+    """After a restart, until a limited request carries rate-limit headers again."""
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        r = await client.get("/v1/me", headers=headers)
+        if "ratelimit-limit" in r.headers:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError("rate limiting did not recover after Redis came back")
+
+
+@pytest.mark.parametrize("mode", ["open", "closed"])
+async def test_redis_down(settings, app_client, make_tenant, servers, mode):
+    tenant = await make_tenant()
+    async with app_client(limited(settings, "read=100/1000", rate_limit_fail_mode=mode)) as client:
+        assert (await client.get("/v1/me", headers=tenant.headers)).status_code == 200
+        servers.valkey.stop()
+        try:
+            for _ in range(3):
+                r = await client.get("/v1/me", headers=tenant.headers)
+                if mode == "open":
+                    assert r.status_code == 200 and "ratelimit-limit" not in r.headers
+                else:
+                    body = assert_problem(r, 503)
+                    assert "rate limiting" in body["detail"] and r.headers["retry-after"] == "1"
+        finally:
+            servers.valkey.start()
+        await _wait_for_redis(client, tenant.headers)
+        r = await client.get("/v1/me", headers=tenant.headers)
+        assert r.status_code == 200 and int(r.headers["ratelimit-remaining"]) < 100
