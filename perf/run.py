@@ -24,6 +24,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform as pyplatform
+import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -68,8 +70,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--zipf-s", type=float, default=1.0, help="Zipf exponent of the query mix")
     p.add_argument("--keys", type=int, help="API keys shared round-robin by the users")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--compare", default="QUARRY_API_WORKERS=1",
-                   help="settings of the second configuration, KEY=VALUE[,KEY=VALUE]")
+    p.add_argument("--compare", default="naive",
+                   help="settings of the second configuration, KEY=VALUE[,KEY=VALUE]; `naive` (default) = "
+                        "1 API worker, search and embedding caches off, a pool of 1 connection")
     p.add_argument("--no-compare", action="store_true", help="skip the interleaved comparisons and the ceiling")
     p.add_argument("--with-compare", action="store_true", help="run the comparisons even where the profile skips them")
     p.add_argument("--compare-s", type=float, help="seconds of each comparison segment")
@@ -169,7 +172,24 @@ def _settings_overrides(settings_fields: set[str], sim_url: str | None) -> dict[
                     "QUARRY_LLM_API_KEY": "sim", "QUARRY_LLM_MODEL": "sim-llm"})
     if "chat_max_streams_per_tenant" in settings_fields:
         env["QUARRY_CHAT_MAX_STREAMS_PER_TENANT"] = "100000"
+    if "rate_limits" in settings_fields:
+        # Every route class limited at 10^6 requests/min per key and per tenant: the limiter
+        # still runs (its Redis round trip is part of every request) but never refuses the load.
+        defaults = str(getattr(load_settings(environ={}, dotenv=None), "rate_limits", ""))
+        env["QUARRY_RATE_LIMITS"] = re.sub(r"\d+/\d+", "1000000/1000000", defaults)
     return env
+
+
+def _naive(settings_fields: set[str]) -> str:
+    """The naive configuration of the comparisons: one worker, and where the settings exist,
+    no search/embedding cache and a pool of one connection."""
+    parts = ["QUARRY_API_WORKERS=1"]
+    for field, value in (("search_cache_ttl_s", "0"), ("embedding_cache_ttl_s", "0"), ("db_pool_max", "1")):
+        if field in settings_fields:
+            parts.append(f"QUARRY_{field.upper()}={value}")
+    if "db_pool_max" in settings_fields and "db_pool_min" in settings_fields:
+        parts.append("QUARRY_DB_POOL_MIN=1")
+    return ",".join(parts)
 
 
 class Run:
@@ -186,6 +206,7 @@ class Run:
         self.platform: Platform | None = None
         self.phases: list[Phase] = []
         self.notes: list[str] = []
+        self.metrics_token = secrets.token_hex(16)
         self.meta: dict[str, Any] = {"profile": self.profile.name, "description": self.profile.description,
                                      "command": "quarry perf " + " ".join(args.argv),
                                      "machine": _machine(), "data_dir": str(self.data_dir),
@@ -223,6 +244,8 @@ class Run:
         self.servers.append(sim)
         self.sampler.track("simllm", sim.proc.pid if sim.proc else 0)
         overrides = _settings_overrides(fields, sim.url)
+        if "metrics_token" in fields:  # /metrics behind a token of this run's own
+            overrides["QUARRY_METRICS_TOKEN"] = self.metrics_token
         overrides.update(_pairs(",".join(args.platform_env)))
         workers = int(overrides.get("QUARRY_API_WORKERS", settings.api_workers))
         self.platform = Platform(self.data_dir, self.out / "platform.log", overrides)
@@ -268,10 +291,11 @@ class Run:
         stop = SLO().__dict__ if prof.stress else None
         main = config(self.platform.url, prof.steps, prof.think_s, prof.spawn_rate, stop)
         metrics_url = f"{self.platform.url}/metrics"
-        before = scrape(metrics_url, {"Authorization": f"Bearer {keys[0]}"})
+        metrics_auth = {"Authorization": f"Bearer {self.metrics_token}"}
+        before = scrape(metrics_url, metrics_auth)
         phase = run_phase("main", "main", "platform", scenario, main, self.out, self.sampler)
         phase.metrics_before = before
-        phase.metrics_after = scrape(metrics_url, {"Authorization": f"Bearer {keys[0]}"})
+        phase.metrics_after = scrape(metrics_url, metrics_auth)
         self.meta["metrics_available"] = phase.metrics_after is not None
         for text, name in ((before, "metrics-before.txt"), (phase.metrics_after, "metrics-after.txt")):
             if text is not None:
@@ -283,7 +307,8 @@ class Run:
     def _compare(self, config: Any, workers: int, sample: Path) -> None:
         prof, args = self.profile, self.args
         assert self.platform is not None
-        compare_env = _pairs(args.compare)
+        label = _naive(set(Settings.__struct_fields__)) if args.compare == "naive" else args.compare
+        compare_env = _pairs(label)
         b_workers = int(compare_env.get("QUARRY_API_WORKERS", workers))
         second = Server.granian("compare", "api.app:app_factory", b_workers, self.platform.child_env(**compare_env),
                                 self.out / "compare-api.log").start(timeout=120)
@@ -295,7 +320,7 @@ class Run:
         for server in (second, ceiling):
             assert server.proc is not None
             self.sampler.track(server.name, server.proc.pid)
-        self.meta["compare"] = {"label": args.compare, "settings": compare_env, "workers": b_workers,
+        self.meta["compare"] = {"label": label, "name": args.compare, "settings": compare_env, "workers": b_workers,
                                 "ceiling_workers": workers, "users": prof.compare_users,
                                 "segment_s": prof.compare_s, "rounds": prof.compare_rounds}
         targets = {"platform": self.platform.url, "compare": second.url, "ceiling": ceiling.url}
