@@ -279,8 +279,10 @@ def plots(out: Path, main: dict[str, Any] | None, phase: Phase | None, resources
         ax.set_ylabel("latency (ms)")
         ax.set_yscale("log")
         twin = ax.twinx()
-        twin.plot(ts, [r["users"] or 0 for r in rows], color="black", alpha=0.3, label="users")
-        twin.set_ylabel("users")
+        users = [r["users"] or 0 for r in rows]
+        twin.plot(ts, users, color="black", alpha=0.3, label="users")
+        twin.set_ylim(0, max(users, default=0) * 1.1 + 1)
+        twin.set_ylabel("users (grey)")
         for step in main["steps"]:
             ax.axvline(step["start"] - phase.start, color="grey", lw=0.5, alpha=0.5)
         ax.legend(loc="upper left")
