@@ -163,8 +163,10 @@ def analyze(phase: Phase, resources: Sequence[dict[str, Any]]) -> dict[str, Any]
     }
 
 
-def compare(phases: Sequence[Phase], trim_s: float = 2.0) -> dict[str, Any]:
-    """Interleaved segments per target: rps and latency of all rounds together, and ratios."""
+def compare(phases: Sequence[Phase], trim_s: float = 2.0,
+            resources: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
+    """Interleaved segments per target: rps and latency of all rounds together, and ratios;
+    with `resources`, the load generator's mean CPU during each target's segments."""
     per: dict[str, dict[str, Any]] = {}
     rounds: dict[str, list[dict[str, Any]]] = {}
     for target in ("platform", "compare", "ceiling"):
@@ -181,6 +183,9 @@ def compare(phases: Sequence[Phase], trim_s: float = 2.0) -> dict[str, Any]:
             seconds += max(0.0, end - start)
             rounds.setdefault(target, []).append(summarize(inside, end - start))
         per[target] = summarize(pooled, seconds)
+        cpu = [r["roles"]["locust"]["cpu"] for r in resources if "locust" in r.get("roles", {})
+               and any(p.start + trim_s <= r["t"] <= p.end for p in segs)]
+        per[target]["locust_cpu"] = sum(cpu) / len(cpu) if cpu else math.nan
     ratios: dict[str, float] = {}
 
     def ratio(a: str, b: str, key: str) -> float:
@@ -398,16 +403,21 @@ def markdown(report: dict[str, Any]) -> str:
                   f"The search workload, closed loop ({c.get('users')} users, no think time), "
                   f"{c.get('rounds')} round(s) of {c.get('segment_s')} s per target, interleaved. "
                   f"`platform` = the default configuration ({plat.get('api_workers')} workers); "
-                  f"`compare` = `{c.get('label')}`; `ceiling` = perf/ceiling.py (bare Granian + Litestar, "
+                  f"`compare` = `{c.get('name') or 'compare'}`: `{c.get('label')}`; "
+                  f"`ceiling` = perf/ceiling.py (bare Granian + Litestar, "
                   f"{c.get('ceiling_workers')} workers, the same {meta.get('search_payload_bytes')}-byte search "
                   f"response).", "",
-                  _table(["target", "req/s", "p50", "p95", "p99", "errors"],
+                  _table(["target", "req/s", "p50", "p95", "p99", "errors", "Locust CPU"],
                          [[n, _fmt(s["rps"], "", 1), _fmt(s["p50_ms"], " ms"), _fmt(s["p95_ms"], " ms"),
-                           _fmt(s["p99_ms"], " ms"), s["errors"]] for n, s in cmp["targets"].items()]), ""]
+                           _fmt(s["p99_ms"], " ms"), s["errors"], _fmt(s.get("locust_cpu"), " %")]
+                          for n, s in cmp["targets"].items()]), "",
+                  "Locust CPU near 100 % means the single-process load generator, not the server, set the pace "
+                  "(it shares the machine's cores with the server).", ""]
         r = cmp["ratios"]
+        short = c.get("name") if c.get("name") and c.get("name") != c.get("label") else c.get("label")
         lines += [f"- platform = **{_pct(r['platform_vs_ceiling_rps'])} of the HTTP ceiling** (requests/s); "
-                  f"`{c.get('label')}` = {_pct(r['compare_vs_ceiling_rps'])}.",
-                  f"- platform / `{c.get('label')}`: {_fmt(r['platform_vs_compare_rps'], 'x', 2)} requests/s, "
+                  f"`{short}` = {_pct(r['compare_vs_ceiling_rps'])}.",
+                  f"- platform / `{short}`: **{_fmt(r['platform_vs_compare_rps'], 'x', 2)} requests/s**, "
                   f"p95 ratio {_fmt(r['platform_vs_compare_p95'], 'x', 2)}.", ""]
     if main:
         res = main["resources"]
@@ -456,7 +466,7 @@ def build(meta: dict[str, Any], phases: Sequence[Phase], resources: Sequence[dic
     main_phase = next((p for p in phases if p.kind == "main"), None)
     main = analyze(main_phase, resources) if main_phase else None
     report: dict[str, Any] = {"meta": meta, "phases": [p.to_json() for p in phases], "main": main,
-                              "compare": compare(phases), "notes": list(notes)}
+                              "compare": compare(phases, resources=resources), "notes": list(notes)}
     if main:
         report["targets"] = targets(main, bool(meta.get("llm", {}).get("chat_available")))
         locust_cpu = main["resources"]["roles"].get("locust", {}).get("cpu_max", 0)
