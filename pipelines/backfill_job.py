@@ -4,7 +4,7 @@ import asyncio
 from uuid import UUID
 
 import asyncpg
-from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, job, op
+from dagster import Config, Failure, MetadataValue, OpExecutionContext, Output, in_process_executor, job, op
 from pydantic import Field
 
 from pipelines.backfill import BackfillReport, backfill_collection
@@ -69,6 +69,6 @@ def backfill_embeddings(context: OpExecutionContext, config: BackfillConfig, qua
 
 
 @job(description="Re-embed a collection with another embedder (any dimension) and switch over with no downtime.",
-     tags={"kind": "backfill"})
+     tags={"kind": "backfill"}, executor_def=in_process_executor)
 def embedding_backfill_job() -> None:
     backfill_embeddings()

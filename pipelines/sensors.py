@@ -6,7 +6,10 @@ Each tick (every few seconds) it
 2. queues the latest due cron tick of every enabled, scheduled source (once per tick);
 3. requests a run of `source_sync_job` for every queued sync run (API "run now", CLI or
    schedule), with run_key = the sync run id, so each is launched exactly once;
-4. fails queued/running rows whose Dagster run ended without finishing them.
+4. fails queued/running rows whose Dagster run ended without finishing them;
+5. fails Dagster sync runs whose worker died (STARTED for minutes while nobody holds the
+   source's advisory lock): the per-source concurrency limit of the run queue would
+   otherwise wait on them forever.
 """
 
 import asyncio
@@ -31,9 +34,10 @@ from pipelines.sync_assets import SOURCES_PARTITIONS, TAG_SOURCE, TAG_SYNC_RUN, 
 from storage.repositories import sources as source_repo
 from storage.repositories import sync_runs as run_repo
 
-SENSOR_INTERVAL_S = 5
+SENSOR_INTERVAL_S = 3
 _ENDED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 _REAP_AFTER = timedelta(seconds=30)
+_DEAD_WORKER_AFTER_S = 120.0
 
 
 def due_tick(schedule: str, since: datetime, now: datetime) -> datetime | None:
@@ -101,6 +105,7 @@ def sources_sensor(context: SensorEvaluationContext, postgres: PostgresResource)
                                  "running"))
     if failures:
         asyncio.run(_fail_rows(postgres.database_url, failures))
+    _fail_dead_workers(context, postgres.database_url)
     partition_requests: list[Any] = []
     if added:
         partition_requests.append(SOURCES_PARTITIONS.build_add_request(added))
@@ -114,3 +119,34 @@ def sources_sensor(context: SensorEvaluationContext, postgres: PostgresResource)
 def _dagster_run_ended(context: SensorEvaluationContext, run_key_tag: str) -> bool:
     records = context.instance.get_runs(filters=RunsFilter(tags={TAG_SYNC_RUN: run_key_tag}), limit=1)
     return bool(records) and records[0].status in _ENDED
+
+
+async def _unlocked(database_url: str, source_ids: list[str]) -> set[str]:
+    """Sources whose advisory lock nobody holds (taken and released at once)."""
+    conn = await asyncpg.connect(database_url)
+    try:
+        free = set()
+        for source_id in source_ids:
+            key = source_repo.lock_key(source_id)
+            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
+                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
+                free.add(source_id)
+        return free
+    finally:
+        await conn.close()
+
+
+def _fail_dead_workers(context: SensorEvaluationContext, database_url: str) -> None:
+    records = context.instance.get_run_records(
+        filters=RunsFilter(job_name=sync_job.name, statuses=[DagsterRunStatus.STARTED]), limit=50)
+    now = datetime.now(UTC).timestamp()
+    old = [r for r in records if r.start_time and now - r.start_time > _DEAD_WORKER_AFTER_S
+           and r.dagster_run.tags.get(TAG_SOURCE)]
+    if not old:
+        return
+    free = asyncio.run(_unlocked(database_url, [r.dagster_run.tags[TAG_SOURCE] for r in old]))
+    for record in old:
+        if record.dagster_run.tags[TAG_SOURCE] in free:
+            context.instance.report_run_failed(
+                record.dagster_run, "the run worker is gone: the run holds no lock on its source")
+            context.log.warning(f"failed dead sync run {record.dagster_run.run_id}")

@@ -20,6 +20,7 @@ from dagster import (
     MaterializeResult,
     MetadataValue,
     define_asset_job,
+    in_process_executor,
     multi_asset,
 )
 
@@ -121,7 +122,8 @@ def source_sync(context: AssetExecutionContext, quarry: QuarryResource, embedder
     })
 
 
+# One step per run: the in-process executor saves spawning (and importing) a second process.
 sync_job = define_asset_job(
-    "source_sync_job", selection=[source_sync],
+    "source_sync_job", selection=[source_sync], executor_def=in_process_executor,
     description="Sync one data source (its partition): started by the sources sensor, the API or the UI.",
 )

@@ -28,6 +28,7 @@ from selectolax.lexbor import LexborHTMLParser
 
 from rag.connectors.base import ConnectorError, Cursor, Fetched, Gone, ItemFailed, ScanResult, Unchanged
 from rag.connectors.config import WebsiteConfig
+from rag.connectors.globs import matches
 from rag.connectors.netguard import BlockedAddress, NetPolicy, guarded_client
 
 __all__ = ["WebsiteConnector", "normalize_url"]
@@ -160,6 +161,9 @@ class WebsiteConnector:
         if crawl_delay:
             self.delay_s = max(self.delay_s, min(float(crawl_delay), MAX_CRAWL_DELAY_S))
 
+    def _wanted(self, url: str) -> bool:
+        return matches(urlsplit(url).path or "/", self.config.include, self.config.exclude)
+
     def _allowed(self, url: str) -> bool:
         return self._robots.can_fetch(self.agent_token, url)
 
@@ -257,12 +261,16 @@ class WebsiteConnector:
                 visited.add(url)
                 if not self._same_host(url) or not self._allowed(url):
                     continue
+                wanted = self._wanted(url)
+                if not wanted and url != self.origin:
+                    continue  # outside include/exclude: not fetched (the start page still is, for its links)
                 if pages >= self.config.max_pages:
                     truncated = True
                     break
                 pages += 1
                 result, links = await self._page(url, known.get(url))
-                yield result
+                if wanted:
+                    yield result
                 if depth < self.config.max_depth:
                     queue.extend((link, depth + 1) for link in links if link not in visited and self._same_host(link))
             self._client = None

@@ -233,3 +233,18 @@ async def test_resolution_checks_every_address():
     with pytest.raises(BlockedAddress, match=r"127\.0\.0\.1|::1"):
         await resolve_checked("localhost", 80, NetPolicy(""))
     assert await resolve_checked("localhost", 80, NetPolicy("127.0.0.0/8, ::1/128"))
+
+
+async def test_include_exclude_on_url_paths(site, pool, make_tenant, make_source, make_deps, web_settings):
+    _build(site)
+    site.html("/", "Rocks", '<a href="/docs/granite.html">g</a> <a href="/docs/drafts/x.html">x</a>'
+                            ' <a href="/blog.html">b</a>')
+    site.html("/docs/granite.html", "Granite", "Granite is coarse-grained.")
+    site.html("/docs/drafts/x.html", "Draft", "A draft page.")
+    site.html("/blog.html", "Blog", "Not documentation.")
+    tenant = await make_tenant()
+    source = await make_source(tenant.id, "website", {"start_url": f"{site.base}/", "delay_s": 0,
+                                                      "include": ["/docs/**"], "exclude": ["/docs/drafts/**"]})
+    run = (await sync_source(make_deps(web_settings), tenant.id, source.id)).run
+    assert set(await _uris(pool, tenant.id, source.id)) == {f"{site.base}/docs/granite.html"}, run
+    assert not site.requests_to("/blog.html") and not site.requests_to("/docs/drafts/x.html")
