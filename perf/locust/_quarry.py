@@ -55,8 +55,14 @@ def _on_request(request_type: str, name: str, response_time: float, response_len
                 exception: BaseException | None = None, response: Any = None, start_time: float | None = None,
                 **_kw: Any) -> None:
     status = int(getattr(response, "status_code", 0) or 0)
+    cache = ""
+    if name == "search" and response is not None:
+        try:
+            cache = str(response.headers.get("x-cache") or "").lower()
+        except (AttributeError, TypeError):
+            cache = ""
     RECORDER.add(Sample(t=start_time or time.time() - response_time / 1000, name=name, ms=response_time,
-                        ok=exception is None, status=status, size=int(response_length or 0)))
+                        ok=exception is None, status=status, size=int(response_length or 0), cache=cache))
 
 
 def _count_users(environment: Any) -> None:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
-    "SLO", "Sample", "Verdict", "classify", "drift", "linear_fit", "percentile", "summarize", "timeline",
+    "SLO", "Sample", "Verdict", "cache_share", "classify", "drift", "linear_fit", "percentile", "summarize", "timeline",
     "verdict", "window",
 ]
 
@@ -37,6 +37,8 @@ class Sample:
     ok: bool = True
     status: int = 0
     size: int = 0
+    cache: str = ""
+    """The response's X-Cache header (search: `hit` or `miss`), empty when absent."""
 
 
 def classify(name: str) -> str:
@@ -95,6 +97,18 @@ def by_class(samples: Sequence[Sample], duration_s: float) -> dict[str, dict[str
     for s in _requests(samples):
         groups.setdefault(classify(s.name), []).append(s)
     return {k: summarize(v, duration_s) for k, v in sorted(groups.items())}
+
+
+def cache_share(samples: Iterable[Sample]) -> dict[str, float]:
+    """Hits, misses and hit rate of the responses that carried an X-Cache header."""
+    hits = misses = 0
+    for s in samples:
+        if s.cache == "hit":
+            hits += 1
+        elif s.cache == "miss":
+            misses += 1
+    total = hits + misses
+    return {"hits": hits, "misses": misses, "hit_rate": hits / total if total else math.nan}
 
 
 def max_users(samples: Iterable[Sample]) -> int:

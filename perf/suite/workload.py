@@ -162,12 +162,12 @@ class SSEParser:
             yield found
 
 
-_FIELDS = ("t", "name", "ms", "ok", "status", "size")
+_FIELDS = ("t", "name", "ms", "ok", "status", "size", "cache")
 
 
 def write_record(out: TextIO, sample: Sample) -> None:
     out.write(f"{sample.t:.4f},{sample.name.replace(',', ';')},{sample.ms:.2f},{int(sample.ok)},"
-              f"{sample.status},{sample.size}\n")
+              f"{sample.status},{sample.size},{sample.cache.replace(',', ';')}\n")
 
 
 def read_records(path: Path) -> list[Sample]:
@@ -176,11 +176,12 @@ def read_records(path: Path) -> list[Sample]:
     samples = []
     with path.open(newline="") as f:
         for row in csv.reader(f):
-            if len(row) != len(_FIELDS):
+            if len(row) not in (len(_FIELDS) - 1, len(_FIELDS)):
                 continue  # a line cut short by a killed process
             try:
                 samples.append(Sample(t=float(row[0]), name=row[1], ms=float(row[2]), ok=row[3] == "1",
-                                      status=int(row[4]), size=int(row[5])))
+                                      status=int(row[4]), size=int(row[5]),
+                                      cache=row[6] if len(row) > 6 else ""))
             except ValueError:
                 continue
     samples.sort(key=lambda s: s.t)

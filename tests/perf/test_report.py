@@ -153,3 +153,12 @@ def test_targets_without_chat_or_metrics() -> None:
     assert rows["100-200 requests/s"]["status"] == "below"
     assert rows["200-500 concurrent users"]["status"] == "below"
     assert math.isnan(float("nan"))
+
+
+def test_cache_target_from_x_cache_headers_without_metrics() -> None:
+    main = {"judged": {"rps": 150.0, "error_rate": 0.0, "errors": 0, "count": 100},
+            "classes": {"api": {"p95_ms": 70.0}}, "names": {}, "users": 200, "cache": {},
+            "x_cache": {"hits": 90, "misses": 10, "hit_rate": 0.9}, "resources": {}, "drift": {}, "duration_s": 60.0}
+    rows = {r["target"]: r for r in targets(main, llm_available=False)}
+    assert rows["cache hit rate > 70 %"]["status"] == "PASS"
+    assert rows["cache hit rate > 70 %"]["measured"].startswith("90.0 %")

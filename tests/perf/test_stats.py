@@ -107,3 +107,12 @@ def test_linear_fit_and_drift() -> None:
     flat = drift(xs, [100.0] * 100)
     assert flat["growth"] == 0.0 and flat["slope_per_min"] == 0.0
     assert math.isnan(drift([1.0, 2.0], [1.0, 2.0])["growth"])  # too few points
+
+
+def test_cache_share_of_x_cache_headers() -> None:
+    from perf.suite.stats import cache_share
+
+    samples = [Sample(t=0, name="search", ms=1, cache="hit")] * 3 + [Sample(t=0, name="search", ms=1, cache="miss")]
+    samples += [Sample(t=0, name="browse list", ms=1)]
+    assert cache_share(samples) == {"hits": 3, "misses": 1, "hit_rate": 0.75}
+    assert math.isnan(cache_share([])["hit_rate"])

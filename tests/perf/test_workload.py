@@ -51,11 +51,13 @@ def test_records_round_trip_and_cut_lines(tmp_path: Path) -> None:
     path = tmp_path / "r.csv"
     with path.open("w") as out:
         write_record(out, Sample(t=2.5, name="browse, list", ms=12.345, ok=False, status=503, size=10))
-        write_record(out, Sample(t=1.0, name="search", ms=3.0))
+        write_record(out, Sample(t=1.0, name="search", ms=3.0, cache="hit"))
+        out.write("0.5,search,2.00,1,200,10\n")  # the six-column records of earlier runs
         out.write("3.0,search,1")  # a line cut short by a killed process
     samples = read_records(path)
-    assert [s.name for s in samples] == ["search", "browse; list"]  # sorted by time
-    assert samples[1] == Sample(t=2.5, name="browse; list", ms=12.35, ok=False, status=503, size=10)
+    assert [s.name for s in samples] == ["search", "search", "browse; list"]  # sorted by time
+    assert [s.cache for s in samples] == ["", "hit", ""]
+    assert samples[2] == Sample(t=2.5, name="browse; list", ms=12.35, ok=False, status=503, size=10)
     assert read_records(tmp_path / "missing.csv") == []
 
 
