@@ -116,7 +116,20 @@ def _keys(settings: Settings, args: argparse.Namespace) -> int:
         else:
             record = asyncio.run(tenants.revoke_key(url, args.prefix))
             print(f"revoked {record.prefix}")
+            _forget_cached_key(settings, record.id)
     return 0
+
+
+def _forget_cached_key(settings: Settings, key_id: object) -> None:
+    """Drop the revoked key from the API's principal caches (Redis and every process)."""
+    from ops.bootstrap import read_endpoints
+    from storage.caches.principals import invalidate_key_everywhere
+
+    redis_url = settings.redis_url or (read_endpoints(settings) or {}).get("redis_url")
+    if not redis_url or not asyncio.run(invalidate_key_everywhere(redis_url, key_id)):  # type: ignore[arg-type]
+        ttl = settings.principal_cache_local_ttl_s + settings.principal_cache_redis_ttl_s
+        print(f"# Redis not reachable: running API processes may accept the key for up to {ttl:.0f} s more",
+              file=sys.stderr)
 
 
 def _sources(settings: Settings, args: argparse.Namespace) -> int:

@@ -43,11 +43,15 @@ class HealthController(Controller):
 
     @get(paths.READYZ, operation_id="readyz")
     async def readyz(self, pool: DbPool, redis: RedisClient) -> Response[dict[str, Any]]:
-        """Readiness: 200 when Postgres and Redis answer, 503 with per-check details otherwise."""
+        """Readiness: 200 "ready" when Postgres and Redis answer; 200 "degraded" when only Redis
+        is down (searches and reads go on without cache, rate limits follow their fail mode, uploads
+        cannot be queued), so a load balancer keeps the instance; 503 when Postgres is down."""
         pg, rd = await asyncio.gather(_check_postgres(pool), _check_redis(redis))
         checks = {"postgres": pg, "redis": rd}
         if pg == "ok" and rd == "ok":
             return Response({"status": "ready", "checks": checks})
+        if pg == "ok":
+            return Response({"status": "degraded", "checks": checks})
         body = {
             "type": "https://quarry.dev/problems/unavailable",
             "title": "Service unavailable",

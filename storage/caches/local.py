@@ -22,7 +22,9 @@ MISSING = _Missing()
 
 
 class LocalTTLCache(Generic[K, V]):
-    """Not thread-safe: one per event loop (each API worker process has its own)."""
+    """One per process, used from its event loop. Invalidation may arrive from another thread
+    (a test client runs the app's lifespan tasks in a portal thread), so every step tolerates
+    an entry vanishing under it; no operation awaits, so the loop itself never interleaves."""
 
     def __init__(self, maxsize: int, ttl_s: float) -> None:
         self.maxsize = maxsize
@@ -35,9 +37,12 @@ class LocalTTLCache(Generic[K, V]):
             return MISSING
         expires, value = entry
         if time.monotonic() >= expires:
-            del self._data[key]
+            self._data.pop(key, None)
             return MISSING
-        self._data.move_to_end(key)
+        try:
+            self._data.move_to_end(key)
+        except KeyError:  # dropped meanwhile by an invalidation
+            return MISSING
         return value
 
     def set(self, key: K, value: V, ttl_s: float | None = None) -> None:
@@ -45,17 +50,20 @@ class LocalTTLCache(Generic[K, V]):
         if ttl <= 0 or self.maxsize <= 0:
             return
         self._data[key] = (time.monotonic() + ttl, value)
-        self._data.move_to_end(key)
-        while len(self._data) > self.maxsize:
-            self._data.popitem(last=False)
+        try:
+            self._data.move_to_end(key)
+            while len(self._data) > self.maxsize:
+                self._data.popitem(last=False)
+        except KeyError:
+            pass
 
     def pop(self, key: K) -> None:
         self._data.pop(key, None)
 
     def drop_where(self, predicate: Callable[[V], bool]) -> int:
-        doomed = [k for k, (_, v) in self._data.items() if predicate(v)]
+        doomed = [k for k, (_, v) in list(self._data.items()) if predicate(v)]
         for k in doomed:
-            del self._data[k]
+            self._data.pop(k, None)
         return len(doomed)
 
     def clear(self) -> None:

@@ -16,7 +16,7 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from storage.caches.bus import InvalidationBus
+from storage.caches.bus import CHANNEL, InvalidationBus
 from storage.caches.guard import RedisGuard, RedisUnavailable
 from storage.caches.tiered import TieredCache
 from storage.models import Principal
@@ -24,7 +24,7 @@ from storage.pooling import run_read
 from storage.repositories._rows import to_struct
 from storage.repositories.api_keys import hash_key
 
-__all__ = ["CachedPrincipal", "PrincipalCache"]
+__all__ = ["CachedPrincipal", "PrincipalCache", "invalidate_key_everywhere"]
 
 _KIND = "principal"
 
@@ -101,3 +101,22 @@ class PrincipalCache:
             ok = False
         published = await self.bus.publish(_KIND, str(key_id))
         return ok and published
+
+
+async def invalidate_key_everywhere(redis_url: str, key_id: UUID, timeout_s: float = 2.0) -> bool:
+    """For processes without the API's caches (the CLI): drop the key's Redis entry and tell
+    every API process to drop its local copy. False when Redis could not be reached."""
+    from redis.asyncio import Redis
+    from redis.exceptions import RedisError
+
+    redis = Redis.from_url(redis_url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s)
+    try:
+        digest = await redis.getdel(f"quarry:cache:{_KIND}-id:{key_id}")
+        if digest is not None:
+            await redis.delete(f"quarry:cache:{_KIND}:{digest.decode()}")
+        await redis.publish(CHANNEL, f"{_KIND}:{key_id}")
+    except (RedisError, OSError):
+        return False
+    finally:
+        await redis.aclose()
+    return True
