@@ -24,6 +24,7 @@ from api.admin.plans import PlanAdminController
 from api.auth import ApiKeyAuthMiddleware
 from api.chat.controllers import ChatController, ConversationController
 from api.chat.openai_facade import CompletionsController
+from api.chat.usage import UsageRecorder
 from api.collections.controllers import CollectionController
 from api.deps import dependencies
 from api.documents.controllers import DocumentController
@@ -82,9 +83,10 @@ def _request_id_middleware(app: ASGIApp) -> ASGIApp:
     return middleware
 
 
-def _send_request_id(message: Message, scope: Scope) -> None:
+async def _send_request_id(message: Message, scope: Scope) -> None:
     """A before-send hook, so every response carries the id: also the 401s raised by the
-    auth middleware and the 404/405s of routing, which no route middleware sees."""
+    auth middleware and the 404/405s of routing, which no route middleware sees. Async on
+    purpose: Litestar runs a sync hook in a worker thread, a thread hop per sent chunk."""
     if message["type"] == "http.response.start" and scope["type"] == ScopeType.HTTP:
         headers = list(message.get("headers") or [])
         headers.append((b"x-request-id", _request_id(scope).encode()))
@@ -111,6 +113,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.blobs = BlobStore.under(settings.data_path)
         app.state.embedder = make_embedder(settings)  # loads lazily, on the first query
         app.state.llm = make_llm_provider(settings)  # connects on the first chat
+        app.state.chat_usage = UsageRecorder(app.state.pool)  # LLM tokens, written about once a second
         # Caches, rate limiter and their Redis client (short timeouts, degrades when Redis is down).
         serving = start_serving(settings, app.state.pool)
         app.state.serving = serving
@@ -122,6 +125,7 @@ def create_app(settings: Settings) -> Litestar:
         finally:
             await serving.aclose()
             await app.state.llm.aclose()
+            await app.state.chat_usage.aclose()
             await app.state.embedder.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()

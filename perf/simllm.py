@@ -10,7 +10,9 @@ Serves `POST /v1/chat/completions` (streamed or not, text or tool calls), `GET /
   are consumed in order, failures first;
 - `tool_first=True`: when tools are offered and the turn has no tool results yet, it calls the
   first tool (`search` with the last user message as the query), then answers citing [1];
-- otherwise a text answer of `tokens` tokens (capped by the request's `max_tokens`).
+- otherwise a text answer of `tokens` tokens (capped by the request's `max_tokens`); with
+  `echo=True` the tokens are `<nonce>:0 <nonce>:1 ...`, the nonce being the first word of the
+  last user message, so a load client can tell its stream from any other (interleaving).
 
 It is a small asyncio HTTP/1.1 server (keep-alive, chunked streaming) that notices a client
 hanging up at any moment — also while it is still "thinking" before the first token — and
@@ -101,8 +103,9 @@ class _Disconnected(Exception):
 class SimLLM:
     def __init__(
         self, *, host: str = "127.0.0.1", port: int = 0, ttft_ms: float = 300.0, tokens_per_s: float = 50.0,
-        tokens: int = 40, tool_first: bool = False, api_key: str | None = None, model: str = "sim-llm",
-        record_bodies: bool = True,
+        tokens: int = 40, tool_first: bool = False, echo: bool = False, api_key: str | None = None,
+        model: str = "sim-llm",
+        record_bodies: bool = True, max_records: int | None = None,
     ) -> None:
         self.host = host
         self.requested_port = port
@@ -110,9 +113,12 @@ class SimLLM:
         self.tokens_per_s = tokens_per_s
         self.tokens = tokens
         self.tool_first = tool_first
+        self.echo = echo
         self.api_key = api_key
         self.model = model
         self.record_bodies = record_bodies
+        self.max_records = max_records
+        """Keep at most this many requests in `requests` (None: all; long perf runs bound it)."""
         self.requests: list[SimRequest] = []
         self._failures: deque[Failure] = deque()
         self._replies: deque[Reply] = deque()
@@ -120,6 +126,7 @@ class SimLLM:
         self._server: asyncio.Server | None = None
         self._connections: dict[asyncio.Task[None], asyncio.StreamWriter] = {}
         self.active = 0
+        self.totals = {"completed": 0, "cancelled": 0, "failed": 0}
 
     # --- scripting and inspection ------------------------------------------------------------
 
@@ -145,9 +152,8 @@ class SimLLM:
             await asyncio.sleep(0.01)
 
     def stats(self) -> dict[str, Any]:
-        outcomes = [r.outcome for r in self.chat_requests]
-        return {"requests": len(outcomes), "active": self.active,
-                **{o: outcomes.count(o) for o in ("completed", "cancelled", "failed", "pending")}}
+        """Chat requests since the start, by outcome (also those trimmed from `requests`)."""
+        return {"requests": sum(self.totals.values()) + self.active, "active": self.active, **self.totals}
 
     # --- lifecycle ---------------------------------------------------------------------------
 
@@ -193,10 +199,10 @@ class SimLLM:
         conn = _Conn(reader, writer)
         try:
             while True:
-                request = await conn.read_request(self)
-                if request is None:
+                received = await conn.read_request(self)
+                if received is None:
                     return
-                keep_alive = await self._serve(conn, request)
+                keep_alive = await self._serve(conn, *received)
                 if not keep_alive:
                     return
         except (_Disconnected, ConnectionError, asyncio.IncompleteReadError):
@@ -207,7 +213,7 @@ class SimLLM:
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _serve(self, conn: _Conn, request: SimRequest) -> bool:
+    async def _serve(self, conn: _Conn, request: SimRequest, raw_body: bytes) -> bool:
         if request.method == "GET" and request.path.rstrip("/") == "/v1/models":
             await conn.send_json(200, {"object": "list", "data": [
                 {"id": self.model, "object": "model", "created": 0, "owned_by": "simllm"}]})
@@ -226,7 +232,7 @@ class SimLLM:
             request.outcome = "failed"
             return True
         try:
-            body = request.json()
+            body = json.loads(raw_body)
             assert isinstance(body, dict) and isinstance(body.get("messages"), list)
         except (ValueError, AssertionError):
             await conn.send_json(400, _error("We could not parse the JSON body of your request."))
@@ -240,6 +246,7 @@ class SimLLM:
             request.ended_at = time.perf_counter()
             if request.outcome == "pending":
                 request.outcome = "cancelled"  # left without finishing: the client hung up
+            self.totals[request.outcome] += 1
 
     async def _chat(self, conn: _Conn, request: SimRequest, body: dict[str, Any]) -> bool:
         watcher = asyncio.ensure_future(conn.wait_disconnect())
@@ -280,6 +287,9 @@ class SimLLM:
             name = tools[0]["function"]["name"]
             query = str(messages[last_user].get("content") or "") if last_user >= 0 else ""
             return Reply(tool_calls=[ToolCallSpec(name, {"query": query[:500]})])
+        if self.echo and last_user >= 0:
+            nonce = (str(messages[last_user].get("content") or "").split() or ["-"])[0][:40]
+            return Reply(text=" ".join(f"{nonce}:{i}" for i in range(self.tokens)))
         return Reply(text=None)
 
     async def _pace(self, request: SimRequest, index: int, reply: Reply) -> None:
@@ -405,7 +415,7 @@ class _Conn:
             while True:
                 await self._fill()
 
-    async def read_request(self, sim: SimLLM) -> SimRequest | None:
+    async def read_request(self, sim: SimLLM) -> tuple[SimRequest, bytes] | None:
         try:
             while b"\r\n\r\n" not in self.buffer:
                 if len(self.buffer) > _MAX_HEADER:
@@ -426,10 +436,11 @@ class _Conn:
             await self._fill()
         body, self.buffer = bytes(self.buffer[:length]), self.buffer[length:]
         request = SimRequest(id=next(sim._ids), method=method, path=path, headers=headers,
-                             body=body if sim.record_bodies or length < 4096 else b"",
-                             received_at=time.perf_counter())
+                             body=body if sim.record_bodies else b"", received_at=time.perf_counter())
         sim.requests.append(request)
-        return request
+        if sim.max_records is not None and len(sim.requests) > sim.max_records:
+            del sim.requests[: len(sim.requests) - sim.max_records]
+        return request, body
 
     async def send_json(self, status: int, payload: Any, headers: dict[str, str] | None = None) -> None:
         data = json.dumps(payload).encode()
@@ -461,12 +472,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens-per-s", type=float, default=50.0)
     parser.add_argument("--tokens", type=int, default=40, help="tokens per text answer")
     parser.add_argument("--tool-first", action="store_true", help="call the first offered tool before answering")
+    parser.add_argument("--echo", action="store_true", help="answer <first word of the question>:<i> tokens")
     parser.add_argument("--api-key", default=None)
     args = parser.parse_args(argv)
 
     async def serve() -> None:
         sim = SimLLM(host=args.host, port=args.port, ttft_ms=args.ttft_ms, tokens_per_s=args.tokens_per_s,
-                     tokens=args.tokens, tool_first=args.tool_first, api_key=args.api_key, record_bodies=False)
+                     tokens=args.tokens, tool_first=args.tool_first, echo=args.echo, api_key=args.api_key,
+                     record_bodies=False,
+                     max_records=1000)
         await sim.start()
         print(json.dumps({"simllm": sim.base_url, "ttft_ms": args.ttft_ms, "tokens_per_s": args.tokens_per_s}),
               flush=True)

@@ -15,7 +15,6 @@ import msgspec
 from litestar import Controller, Request, Response, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, JSONBody, QueryParameter
-from litestar.response import ServerSentEventMessage
 
 from api import paths
 from api.auth import require_role
@@ -28,7 +27,7 @@ from api.chat.schemas import (
     SendMessage,
 )
 from api.chat.service import start_chat
-from api.chat.session import ChatEventStream, ChatSession, SessionEvents
+from api.chat.session import ChatEventStream, ChatSession, SessionEvents, sse
 from api.deps import DbPool
 from api.pagination import decode_cursor, encode_cursor
 from core.errors import BadRequest, Unprocessable
@@ -45,10 +44,10 @@ MessagesLimit = Annotated[int, QueryParameter(ge=1, le=1000, description="how ma
 _json = msgspec.json.Encoder()
 
 
-def native_events(item: Any) -> list[ServerSentEventMessage]:
+def native_events(item: Any) -> list[bytes]:
     """Agent events as SSE: the event name is the `type`; `done` carries the stored answer."""
     event = "done" if isinstance(item, ChatAnswer) else type(item).__struct_config__.tag
-    return [ServerSentEventMessage(event=str(event), data=_json.encode(item).decode())]
+    return [sse(_json.encode(item), str(event))]
 
 
 async def respond(session: ChatSession, stream: bool) -> Response[Any]:

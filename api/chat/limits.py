@@ -7,15 +7,17 @@ counting, so a worker that crashed while holding slots cannot leak them for long
 
 from __future__ import annotations
 
+import hashlib
 import time
 import uuid
-from datetime import UTC, datetime
+from collections.abc import Callable
+from datetime import UTC, date, datetime
 from datetime import time as dtime
 from uuid import UUID
 
 import asyncpg
 from redis.asyncio import Redis
-from redis.exceptions import RedisError
+from redis.exceptions import NoScriptError, RedisError
 
 from core.errors import RateLimited, Unavailable
 from storage.repositories.usage import month_of, month_usage, next_month
@@ -33,6 +35,7 @@ if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
 end
 return 0
 """
+_ACQUIRE_SHA = hashlib.sha1(_ACQUIRE.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
 
 
 class StreamSlots:
@@ -50,10 +53,12 @@ class StreamSlots:
     async def acquire(self, tenant_id: UUID) -> str:
         """A slot token, or 429 (with Retry-After) when the tenant already runs `cap` chats."""
         token = uuid.uuid4().hex
+        args = (str(time.time()), str(self.ttl_s), str(self.cap), token)
         try:
-            acquired = await self.redis.eval(  # type: ignore[misc]
-                _ACQUIRE, 1, self.key(tenant_id), str(time.time()), str(self.ttl_s), str(self.cap), token
-            )
+            try:  # by hash: the script's text travels once per Redis server, not once per chat
+                acquired = await self.redis.evalsha(_ACQUIRE_SHA, 1, self.key(tenant_id), *args)  # type: ignore[misc]
+            except NoScriptError:
+                acquired = await self.redis.eval(_ACQUIRE, 1, self.key(tenant_id), *args)  # type: ignore[misc]
         except (RedisError, OSError) as exc:
             raise Unavailable("the chat limiter (Redis) is unavailable; try again shortly") from exc
         if not acquired:
@@ -70,13 +75,15 @@ class StreamSlots:
         return int(await self.redis.zcard(self.key(tenant_id)))
 
 
-async def remaining_budget(conn: asyncpg.Connection, budget: int) -> int | None:
+async def remaining_budget(
+    conn: asyncpg.Connection, budget: int, pending: Callable[[date], int] = lambda _month: 0
+) -> int | None:
     """Tokens the current tenant may still spend this month (None = unlimited); 429 when none.
-    Run inside the tenant's transaction."""
+    `pending(month)`: tokens counted but not written yet. Run inside the tenant's transaction."""
     if budget <= 0:
         return None
     month = month_of()
-    used = (await month_usage(conn, month)).total_tokens
+    used = (await month_usage(conn, month)).total_tokens + pending(month)
     if used >= budget:
         resets = datetime.combine(next_month(month), dtime.min, tzinfo=UTC)
         error = RateLimited(

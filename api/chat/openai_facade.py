@@ -18,12 +18,11 @@ import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import State
 from litestar.params import JSONBody
-from litestar.response import ServerSentEventMessage
 
 from api import paths
 from api.chat.schemas import ChatAnswer, ChatCompletionRequest, ModelCard, ModelList, OpenAIMessage
 from api.chat.service import start_chat
-from api.chat.session import ChatEventStream, SessionEvents
+from api.chat.session import ChatEventStream, SessionEvents, sse
 from api.deps import DbPool
 from core.errors import NotFound, Unprocessable
 from rag.agent import ErrorEvent, TokenEvent
@@ -56,7 +55,7 @@ class CompletionsController(Controller):
         if data.stream:
             include_usage = bool(data.stream_options and data.stream_options.include_usage)
             encoder = _ChunkEncoder(completion_id, created, data.model, include_usage)
-            events = SessionEvents(session, encoder, end=[ServerSentEventMessage(data="[DONE]")])
+            events = SessionEvents(session, encoder, end=[sse(b"[DONE]")])
             return ChatEventStream(events)
         answer = await session.result()
         return Response({
@@ -129,15 +128,15 @@ class _ChunkEncoder:
         self.include_usage = include_usage
         self.started = False
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> ServerSentEventMessage:
+    def _chunk(self, delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
         if not self.started:
             delta = {"role": "assistant", **delta}
             self.started = True
         body = {**self.base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
                 **extra}
-        return ServerSentEventMessage(data=_json.encode(body).decode())
+        return sse(_json.encode(body))
 
-    def __call__(self, item: Any) -> list[ServerSentEventMessage]:
+    def __call__(self, item: Any) -> list[bytes]:
         if isinstance(item, TokenEvent):
             return [self._chunk({"content": item.text})]
         if isinstance(item, ChatAnswer):
@@ -145,9 +144,9 @@ class _ChunkEncoder:
                                citations=msgspec.to_builtins(item.citations))]
             if self.include_usage:
                 usage = {**self.base, "choices": [], "usage": msgspec.to_builtins(item.usage)}
-                out.append(ServerSentEventMessage(data=_json.encode(usage).decode()))
+                out.append(sse(_json.encode(usage)))
             return out
         if isinstance(item, ErrorEvent):
             error = {"error": {"message": item.message, "type": "server_error", "param": None, "code": item.code}}
-            return [ServerSentEventMessage(data=_json.encode(error).decode())]
+            return [sse(_json.encode(error))]
         return []

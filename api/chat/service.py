@@ -2,13 +2,15 @@
 
 The order keeps a rejected request cheap and leak-free: the stream slot first (Redis, 429),
 then one short transaction (budget 429, conversation 404, scope 422, history, the user's
-message); any failure there releases the slot before the error leaves.
+message; skipped when a one-shot chat needs none of them); any failure there releases the
+slot before the error leaves.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from datetime import date
 from typing import Any
 from uuid import UUID
 
@@ -17,6 +19,7 @@ import asyncpg
 from api.chat.limits import StreamSlots, remaining_budget
 from api.chat.session import ChatSession
 from api.chat.tools import TenantToolbox
+from api.chat.usage import UsageRecorder
 from core.errors import Unprocessable
 from core.settings import Settings
 from rag.agent import Agent, AgentLimits, strip_citations
@@ -55,24 +58,17 @@ async def start_chat(
     settings: Settings = state.settings
     started = time.perf_counter()
     slots = stream_slots(state, settings)
+    usage: UsageRecorder = state.chat_usage
     token = await slots.acquire(tenant_id)
+    remaining: int | None = None
+    needs_db = conversation_id is not None or bool(collections) or settings.chat_monthly_token_budget > 0
     try:
-        async with tenant_tx(pool, tenant_id) as conn:
-            remaining = await remaining_budget(conn, settings.chat_monthly_token_budget)
-            if collections:
-                missing = set(collections) - await conv_repo.existing_collections(conn, collections)
-                if missing:
-                    raise Unprocessable("unknown collections: " + ", ".join(sorted(str(m) for m in missing)))
-            scope = collections
-            if conversation_id is not None:
-                conversation = await conv_repo.get_conversation(conn, conversation_id)
-                if scope is None:
-                    scope = conversation.collection_ids
-                stored = await conv_repo.recent_messages(conn, conversation_id, settings.agent_history_messages)
-                history = [(m.role, m.content) for m in stored]
-                await conv_repo.add_message(conn, tenant_id=tenant_id, conversation_id=conversation_id, role="user",
-                                            content=question)
-                await conv_repo.touch_conversation(conn, conversation_id, question[:_TITLE_CHARS])
+        if needs_db:  # a plain one-shot chat goes straight to the agent (no round trip before the LLM)
+            remaining, scope, history = await _prepare(
+                pool, tenant_id, settings, question, history, collections, conversation_id,
+                lambda month: usage.pending(tenant_id, month))
+        else:
+            scope = None
     except BaseException:
         await slots.release(tenant_id, token)
         raise
@@ -81,5 +77,30 @@ async def start_chat(
                          max_answer_tokens=settings.agent_max_answer_tokens, deadline_s=settings.agent_deadline_s)
     agent = Agent(state.llm, TenantToolbox(pool, tenant_id, state.embedder, scope), limits, instructions=instructions)
     run = agent.start(question, history_messages(history))
-    return ChatSession(run=run, pool=pool, tenant_id=tenant_id, slots=slots, slot_token=token,
+    return ChatSession(run=run, pool=pool, tenant_id=tenant_id, slots=slots, slot_token=token, usage=usage,
                        conversation_id=conversation_id, started=started, model=state.llm.model).start()
+
+
+async def _prepare(
+    pool: asyncpg.Pool, tenant_id: UUID, settings: Settings, question: str, history: Sequence[tuple[str, str]],
+    collections: list[UUID] | None, conversation_id: UUID | None, pending: Callable[[date], int],
+) -> tuple[int | None, list[UUID] | None, Sequence[tuple[str, str]]]:
+    """One transaction: the budget (429), the scope (422), the conversation (404), its history,
+    the user's message. Returns (tokens left this month, scope, history)."""
+    async with tenant_tx(pool, tenant_id) as conn:
+        remaining = await remaining_budget(conn, settings.chat_monthly_token_budget, pending)
+        if collections:
+            missing = set(collections) - await conv_repo.existing_collections(conn, collections)
+            if missing:
+                raise Unprocessable("unknown collections: " + ", ".join(sorted(str(m) for m in missing)))
+        scope = collections
+        if conversation_id is not None:
+            conversation = await conv_repo.get_conversation(conn, conversation_id)
+            if scope is None:
+                scope = conversation.collection_ids
+            stored = await conv_repo.recent_messages(conn, conversation_id, settings.agent_history_messages)
+            history = [(m.role, m.content) for m in stored]
+            await conv_repo.add_message(conn, tenant_id=tenant_id, conversation_id=conversation_id, role="user",
+                                        content=question)
+            await conv_repo.touch_conversation(conn, conversation_id, question[:_TITLE_CHARS])
+    return remaining, scope, history

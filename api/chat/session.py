@@ -20,25 +20,26 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 from litestar.response.base import ASGIResponse
 from litestar.response.streaming import ASGIStreamingResponse
 from litestar.types import Receive, Send
 
 from api.chat.limits import StreamSlots
 from api.chat.schemas import ChatAnswer
+from api.chat.usage import UsageRecorder
 from core.errors import Unavailable
 from rag.agent import AgentEvent, AgentRun, DoneEvent, ErrorEvent
 from storage.repositories import conversations as conv_repo
-from storage.repositories.usage import add_usage, month_of
 from storage.tenancy import tenant_tx
 
-__all__ = ["END", "ChatEventStream", "ChatSession", "SessionEvents"]
+__all__ = ["END", "ChatEventStream", "ChatSession", "SessionEvents", "sse"]
 
 log = logging.getLogger("quarry.chat")
 
 END = object()
 """The last item of a session's queue."""
+_KEEP_ALIVE = object()
 Item = Any  # AgentEvent | ChatAnswer | END
 _HEARTBEAT_S = 15.0
 _CLOSE_WAIT_S = 10.0
@@ -48,13 +49,14 @@ _running: set[asyncio.Task[None]] = set()  # strong references: a task must not 
 class ChatSession:
     def __init__(
         self, *, run: AgentRun, pool: asyncpg.Pool, tenant_id: UUID, slots: StreamSlots, slot_token: str,
-        conversation_id: UUID | None, started: float, model: str,
+        usage: UsageRecorder, conversation_id: UUID | None, started: float, model: str,
     ) -> None:
         self.run = run
         self.pool = pool
         self.tenant_id = tenant_id
         self.slots = slots
         self.slot_token: str | None = slot_token
+        self.usage = usage
         self.conversation_id = conversation_id
         self.started = started
         self.model = model
@@ -120,9 +122,11 @@ class ChatSession:
         latency_ms = int((time.perf_counter() - self.started) * 1000)
         answer = run.answer if status == "complete" else run.partial
         message_id: UUID | None = None
-        try:
-            async with tenant_tx(self.pool, self.tenant_id) as conn:
-                if self.conversation_id is not None:
+        if run.usage.total_tokens:
+            self.usage.add(self.tenant_id, run.usage.prompt_tokens, run.usage.completion_tokens)
+        if self.conversation_id is not None:
+            try:
+                async with tenant_tx(self.pool, self.tenant_id) as conn:
                     stored = await conv_repo.add_message(
                         conn, tenant_id=self.tenant_id, conversation_id=self.conversation_id, role="assistant",
                         content=answer, citations=[msgspec.to_builtins(c) for c in run.citations],
@@ -134,11 +138,8 @@ class ChatSession:
                     )
                     message_id = stored.id
                     await conv_repo.touch_conversation(conn, self.conversation_id, "")
-                if run.usage.total_tokens:
-                    await add_usage(conn, self.tenant_id, month_of(), run.usage.prompt_tokens,
-                                    run.usage.completion_tokens)
-        except Exception:  # the client still gets its answer; the failure is logged
-            log.exception("could not store the chat outcome (status %s)", status)
+            except Exception:  # the client still gets its answer; the failure is logged
+                log.exception("could not store the chat message (status %s)", status)
         self.outcome = ChatAnswer(
             conversation_id=self.conversation_id, message_id=message_id, answer=answer, citations=run.citations,
             tool_calls=run.tool_calls, finish_reason=run.finish_reason, steps=run.steps, usage=run.usage_out(),
@@ -157,39 +158,70 @@ class ChatSession:
             log.warning("could not release a chat stream slot; it will expire by itself")
 
 
-Encoder = Callable[[Item], Sequence[ServerSentEventMessage]]
+Encoder = Callable[[Item], Sequence[bytes]]
+"""Turns a queue item into server-sent events, already encoded (see `sse`)."""
+
+_KEEP_ALIVE_EVENT = b": keep-alive\n\n"
+
+
+def sse(data: bytes, event: str | None = None) -> bytes:
+    """One server-sent event. `data` is compact JSON (no line breaks), so one `data:` line."""
+    return (b"event: " + event.encode() + b"\ndata: " if event else b"data: ") + data + b"\n\n"
 
 
 class SessionEvents:
     """The response body: the session's queue, encoded; keep-alive comments while it is quiet."""
 
-    def __init__(self, session: ChatSession, encode: Encoder, end: Sequence[ServerSentEventMessage] = ()) -> None:
+    def __init__(self, session: ChatSession, encode: Encoder, end: Sequence[bytes] = ()) -> None:
         self.session = session
         self.encode = encode
         self.end = list(end)
-        self._pending: list[ServerSentEventMessage] = []
+        self._pending: list[bytes] = []
         self._ended = False
+        self._sent_since_beat = False
+        self._beat: asyncio.TimerHandle | None = None
 
     def __aiter__(self) -> SessionEvents:
         return self
 
-    async def __anext__(self) -> ServerSentEventMessage:
+    async def __anext__(self) -> bytes:
+        if self._beat is None and not self._ended:
+            self._beat = asyncio.get_running_loop().call_later(_HEARTBEAT_S, self._heartbeat)
+        queue = self.session.queue
         while not self._pending:
             if self._ended:
                 raise StopAsyncIteration
-            try:
-                async with asyncio.timeout(_HEARTBEAT_S):
-                    item = await self.session.queue.get()
-            except TimeoutError:
-                return ServerSentEventMessage(comment="keep-alive")
-            if item is END:
-                self._ended = True
-                self._pending.extend(self.end)
-            else:
-                self._pending.extend(self.encode(item))
-        return self._pending.pop(0)
+            self._take(await queue.get())
+            while not queue.empty() and not self._ended:
+                self._take(queue.get_nowait())
+        self._sent_since_beat = True
+        # Everything already queued leaves in one write (tokens that arrived together).
+        chunk = b"".join(self._pending)
+        self._pending.clear()
+        return chunk
+
+    def _take(self, item: Item) -> None:
+        if item is END:
+            self._ended = True
+            self._pending.extend(self.end)
+        elif item is _KEEP_ALIVE:
+            self._pending.append(_KEEP_ALIVE_EVENT)
+        else:
+            self._pending.extend(self.encode(item))
+
+    def _heartbeat(self) -> None:
+        """Every `_HEARTBEAT_S` without an event, a comment keeps proxies from closing the stream
+        (one timer per stream, not one per event)."""
+        if not self._sent_since_beat and not self._ended:
+            self.session.queue.put_nowait(_KEEP_ALIVE)
+        self._sent_since_beat = False
+        self._beat = None if self._ended else asyncio.get_running_loop().call_later(_HEARTBEAT_S, self._heartbeat)
 
     async def aclose(self) -> None:
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
+        self._ended = True
         await self.session.close()
 
 
@@ -203,14 +235,17 @@ class _ClosingStream(ASGIStreamingResponse):
         try:
             await super().send_body(send, receive)
         finally:
-            content = getattr(self.iterator, "content_async_iterator", None)
-            if isinstance(content, SessionEvents):
-                await content.aclose()
+            if isinstance(self.iterator, SessionEvents):
+                await self.iterator.aclose()
 
 
-class ChatEventStream(ServerSentEvent):
-    def __init__(self, events: SessionEvents, headers: dict[str, str] | None = None) -> None:
-        super().__init__(events, headers=headers)
+class ChatEventStream(Stream):
+    """`text/event-stream` of a session. Events are encoded here rather than by Litestar's
+    ServerSentEvent, which starts every response with a hop to a worker thread."""
+
+    def __init__(self, events: SessionEvents) -> None:
+        super().__init__(events, media_type="text/event-stream",
+                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     def to_asgi_response(self, *args: Any, **kwargs: Any) -> ASGIResponse:
         response = super().to_asgi_response(*args, **kwargs)

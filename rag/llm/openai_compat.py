@@ -18,7 +18,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -37,6 +37,7 @@ log = logging.getLogger(__name__)
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
 _TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+_DRAIN_S = 1.0
 _SECRET_LIKE = re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}")
 _message_encoder = msgspec.json.Encoder()
 
@@ -186,12 +187,15 @@ class OpenAIChatProvider:
         """Parse the SSE body: `data: {chunk}` lines until `data: [DONE]` (or the end of the body)."""
         finish_reason = "stop"
         usage: Usage | None = None
-        async for line in response.aiter_lines():
+        lines = response.aiter_lines()
+        async for line in lines:
             if not line.startswith("data:"):
                 continue  # blank separators, comments (": ping"), `event:`/`id:` fields
             data = line[5:].strip()
             if data == "[DONE]":
-                break
+                yield Finish(reason=finish_reason, usage=usage)
+                await _drain(lines)
+                return
             try:
                 chunk = _chunk_decoder.decode(data)
             except msgspec.DecodeError:
@@ -266,6 +270,17 @@ class OpenAIChatProvider:
         if self._api_key:
             text = text.replace(self._api_key, "***")
         return _SECRET_LIKE.sub(r"\1-***", text)
+
+
+async def _drain(lines: AsyncIterator[str]) -> None:
+    """Read what follows [DONE] (normally just the end of the body) so the connection goes back
+    to the pool instead of being closed; a server that keeps talking loses it after a moment."""
+    try:
+        async with asyncio.timeout(_DRAIN_S):
+            async for _ in lines:
+                pass
+    except (TimeoutError, *_TRANSIENT_ERRORS):
+        pass
 
 
 def _describe(exc: Exception) -> str:

@@ -1,6 +1,7 @@
 """LLM token usage per tenant and calendar month (UTC): the monthly budget reads and adds here.
 
-Run inside `tenant_tx`. Adding is one upsert, so concurrent chats of a tenant add up exactly.
+Run inside `tenant_tx`. Adding is one upsert, so concurrent writers add up exactly (the API
+batches its chats' usage per process: `api/chat/usage.py`).
 """
 
 from __future__ import annotations
@@ -47,15 +48,16 @@ async def month_usage(conn: asyncpg.Connection, month: date) -> MonthUsage:
 
 
 async def add_usage(
-    conn: asyncpg.Connection, tenant_id: object, month: date, prompt_tokens: int, completion_tokens: int
+    conn: asyncpg.Connection, tenant_id: object, month: date, prompt_tokens: int, completion_tokens: int,
+    requests: int = 1,
 ) -> None:
     await conn.execute(
         """INSERT INTO llm_usage (tenant_id, month, prompt_tokens, completion_tokens, requests)
-           VALUES ($1, $2, $3, $4, 1)
+           VALUES ($1, $2, $3, $4, $5)
            ON CONFLICT (tenant_id, month) DO UPDATE SET
                prompt_tokens = llm_usage.prompt_tokens + EXCLUDED.prompt_tokens,
                completion_tokens = llm_usage.completion_tokens + EXCLUDED.completion_tokens,
-               requests = llm_usage.requests + 1,
+               requests = llm_usage.requests + EXCLUDED.requests,
                updated_at = now()""",
-        tenant_id, month, max(prompt_tokens, 0), max(completion_tokens, 0),
+        tenant_id, month, max(prompt_tokens, 0), max(completion_tokens, 0), max(requests, 0),
     )

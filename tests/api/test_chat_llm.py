@@ -195,6 +195,7 @@ async def test_concurrent_streams_per_tenant_are_capped(settings, make_tenant):
         for done in await asyncio.gather(*running):
             assert parse_sse(done.text)[-1].event == "done"
         assert await _slots_in_use(capp, t.id) == 0
+        await capp.app.state.redis.script_flush()  # the limiter reloads its script when Redis lost it
         assert (await _chat(capp, t.headers, "room again")).status_code == 200
 
         # Released on errors too.
@@ -216,14 +217,18 @@ async def test_monthly_token_budget(settings, sim, make_tenant, pool):
         r = await _chat(capp, t.headers, "Hello?")
         assert r.status_code == 200, r.text
         spent = r.json()["usage"]["total_tokens"]
-        async with tenant_tx(pool, t.id, readonly=True) as conn:
-            usage = await month_usage(conn, month_of())
-        assert usage.total_tokens == spent > 0 and usage.requests == 1
+        recorder = capp.app.state.chat_usage
+        assert recorder.pending(t.id, month_of()) == spent > 0  # counted, written with the next flush
 
         async with tenant_tx(pool, t.id) as conn:
-            await add_usage(conn, t.id, month_of(), 5000 - spent, 0)  # exactly at the budget now
+            await add_usage(conn, t.id, month_of(), 5000 - spent, 0)  # with the pending tokens: at the budget
         body = assert_problem(await _chat(capp, t.headers, "Hello again?"), 429)
         assert body["budget"] == 5000 and body["used"] == 5000
+        await recorder.flush()
+        async with tenant_tx(pool, t.id, readonly=True) as conn:
+            usage = await month_usage(conn, month_of())
+        assert usage.total_tokens == 5000 and usage.requests == 2 and recorder.pending(t.id, month_of()) == 0
+        assert_problem(await _chat(capp, t.headers, "Hello again?"), 429)
         response = await _chat(capp, t.headers, "Hello again?", stream=True)
         retry_after = int(response.headers["retry-after"])
         assert 0 < retry_after <= 31 * 24 * 3600
@@ -233,3 +238,23 @@ async def test_monthly_token_budget(settings, sim, make_tenant, pool):
         async with tenant_tx(pool, t.id) as conn:  # last month's usage does not count
             await add_usage(conn, t.id, date(2000, 1, 1), 10**9, 0)
             assert (await month_usage(conn, month_of())).total_tokens == 5000
+
+
+async def test_usage_is_batched_per_tenant_and_month(pool, make_tenant):
+    from api.chat.usage import UsageRecorder
+
+    a, b = await make_tenant(), await make_tenant()
+    recorder = UsageRecorder(pool, interval_s=0.05)
+    for _ in range(3):
+        recorder.add(a.id, 100, 10)
+    recorder.add(b.id, 7, 1)
+    assert recorder.pending(a.id, month_of()) == 330 and recorder.pending(b.id, month_of()) == 8
+    for _ in range(250):  # the timer flushes by itself
+        if not recorder.pending(a.id, month_of()):
+            break
+        await asyncio.sleep(0.02)
+    for tenant, expected in ((a, (300, 30, 3)), (b, (7, 1, 1))):
+        async with tenant_tx(pool, tenant.id, readonly=True) as conn:
+            usage = await month_usage(conn, month_of())
+        assert (usage.prompt_tokens, usage.completion_tokens, usage.requests) == expected
+    await recorder.aclose()

@@ -173,3 +173,14 @@ def test_make_llm_provider_follows_settings():
     llm = make_llm_provider(make_settings(llm_provider="openai", llm_base_url="http://x/v1", llm_api_key=KEY,
                                           llm_model="m"))
     assert isinstance(llm, OpenAIChatProvider) and llm.model == "m" and KEY not in repr(llm)
+
+
+async def test_simllm_parses_large_bodies_it_does_not_keep_and_bounds_its_log():
+    async with SimLLM(ttft_ms=1, tokens_per_s=10_000, tokens=3, record_bodies=False, max_records=2) as server:
+        llm = OpenAIChatProvider(base_url=server.base_url, model="m")
+        big = [Message(role="user", content="x" * 20_000)]  # an agent's second call easily exceeds 4 KiB
+        for _ in range(3):
+            assert (await collect(llm, big)).finish_reason == "stop"
+        await llm.aclose()
+        assert len(server.requests) == 2 and all(r.body == b"" for r in server.requests)
+        assert server.stats() == {"requests": 3, "active": 0, "completed": 3, "cancelled": 0, "failed": 0}
