@@ -488,6 +488,10 @@ def build(meta: dict[str, Any], phases: Sequence[Phase], resources: Sequence[dic
 
 def write_report(out: Path, meta: dict[str, Any], phases: Sequence[Phase], resources: Sequence[dict[str, Any]],
                  notes: Sequence[str]) -> dict[str, Any]:
+    # The raw inputs first: whatever happens below, `python -m perf.report DIR` can rebuild.
+    (out / "resources.json").write_text(json.dumps(_clean(list(resources))))
+    (out / "phases.json").write_text(json.dumps(_clean({"meta": meta, "phases": [p.to_json() for p in phases],
+                                                        "notes": list(notes)}), indent=1))
     report = build(meta, phases, resources, notes)
     main_phase = next((p for p in phases if p.kind == "main"), None)
     try:
@@ -499,9 +503,6 @@ def write_report(out: Path, meta: dict[str, Any], phases: Sequence[Phase], resou
     text = markdown(report)
     (out / "report.md").write_text(text)
     (out / "report.json").write_text(json.dumps(_clean(report), indent=1))
-    (out / "resources.json").write_text(json.dumps(_clean(list(resources))))
-    (out / "phases.json").write_text(json.dumps(_clean({"meta": meta, "phases": [p.to_json() for p in phases],
-                                                        "notes": list(notes)}), indent=1))
     return {"markdown": str(out / "report.md"), "json": str(out / "report.json"), "markdown_text": text}
 
 
