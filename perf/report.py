@@ -389,6 +389,10 @@ def markdown(report: dict[str, Any]) -> str:
                   f"## Targets ({main['window']['label']}, {main['duration_s']:.0f} s)", "",
                   _table(["target", "measured", "status", "note"],
                          [[r["target"], r["measured"], r["status"], r["note"]] for r in report["targets"]]), ""]
+        whole = main["total"]
+        lines += [f"Whole phase, ramp-up and warm-up included: {whole['count']} measurements, all requests "
+                  f"p50 {_fmt(whole['p50_ms'], ' ms')} / p95 {_fmt(whole['p95_ms'], ' ms')} / p99 "
+                  f"{_fmt(whole['p99_ms'], ' ms')}, {whole['errors']} errors; the plots show the whole phase.", ""]
         if main["breaking_point"]:
             bp = main["breaking_point"]
             lines += [f"**Breaking point: {bp['users']} users** — {'; '.join(bp['reasons'])}.", ""]

@@ -64,6 +64,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", help="stress steps as USERS:SECONDS,...")
     p.add_argument("--think", help="think time between a user's requests, MIN,MAX seconds")
     p.add_argument("--spawn-rate", type=float, help="users started per second")
+    p.add_argument("--warmup", type=float, help="seconds at the start left out of the judged window")
     p.add_argument("--scenario", choices=["mixed", "search", "chat", "upload"], help="the locustfile")
     p.add_argument("--weights", help="mixed workload weights, e.g. search=85,chat=5,upload=1,browse=9")
     p.add_argument("--queries", type=int, default=1000, help="distinct queries in the Zipf mix")
@@ -109,7 +110,7 @@ def _profile(args: argparse.Namespace) -> Profile:
             steps = [(args.users or base.users, args.duration or base.duration_s)]
     think = tuple(float(x) for x in args.think.split(",")) if args.think else None
     return get_profile(
-        args.profile, steps=steps, think_s=think, spawn_rate=args.spawn_rate, chunks=args.chunks,
+        args.profile, steps=steps, think_s=think, spawn_rate=args.spawn_rate, warmup_s=args.warmup, chunks=args.chunks,
         weights=parse_weights(args.weights) if args.weights else None, scenario=args.scenario, keys=args.keys,
         compare=False if args.no_compare else (True if args.with_compare else None), compare_s=args.compare_s,
         compare_rounds=args.compare_rounds, compare_users=args.compare_users,
@@ -290,6 +291,7 @@ class Run:
 
         stop = SLO().__dict__ if prof.stress else None
         main = config(self.platform.url, prof.steps, prof.think_s, prof.spawn_rate, stop)
+        main.warmup_s = prof.warmup_s
         metrics_url = f"{self.platform.url}/metrics"
         metrics_auth = {"Authorization": f"Bearer {self.metrics_token}"}
         before = scrape(metrics_url, metrics_auth)

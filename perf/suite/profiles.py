@@ -21,6 +21,8 @@ class Profile:
     steps: list[tuple[int, float]]
     think_s: tuple[float, float]
     spawn_rate: float
+    warmup_s: float = 0.0
+    """Left out of the judged window at the start (caches fill, pools open); see LoadConfig."""
     scenario: str = "mixed"
     weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_WEIGHTS))
     stress: bool = False
@@ -43,7 +45,7 @@ class Profile:
 
 def _load(users: int, think: tuple[float, float], spawn: float) -> Profile:
     return Profile(name=f"load-{users}", description=f"{users} concurrent users, steady, mixed workload",
-                   steps=[(users, 90.0)], think_s=think, spawn_rate=spawn)
+                   steps=[(users, 120.0)], think_s=think, spawn_rate=spawn, warmup_s=30.0)
 
 
 PROFILES: dict[str, Profile] = {
@@ -58,7 +60,7 @@ PROFILES: dict[str, Profile] = {
                       think_s=(0.5, 1.5), spawn_rate=50.0, stress=True, compare=False),
     "endurance": Profile(name="endurance", description="steady load for a long time: drift of latency, RSS, "
                          "DB connections and Redis memory", steps=[(100, 1800.0)], think_s=(0.5, 1.5),
-                         spawn_rate=20.0, endurance=True, compare=False),
+                         spawn_rate=20.0, warmup_s=60.0, endurance=True, compare=False),
 }
 
 

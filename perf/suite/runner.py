@@ -70,8 +70,8 @@ def run_phase(name: str, kind: str, target: str, scenario: str, config: LoadConf
     log_path = out_dir / f"{name}.locust.log"
     phase.start = time.time()
     ramp = max(u for u, _ in config.steps[:1]) / max(config.spawn_rate, 0.1)
-    phase.steady_start = phase.start + min(ramp + 2.0, config.steps[0][1] / 2) if len(config.steps) == 1 \
-        else phase.start + config.settle_s
+    phase.steady_start = phase.start + min(max(ramp + 2.0, config.warmup_s), config.steps[0][1] / 2) \
+        if len(config.steps) == 1 else phase.start + config.settle_s
     with open(log_path, "ab") as out:
         proc = subprocess.Popen(argv, env=env, cwd=REPO, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)

@@ -53,6 +53,10 @@ class LoadConfig:
     """Stress: end the run after the first step whose samples break these (see stats.SLO)."""
     settle_s: float = 5.0
     """Seconds at the start of each step left out of its SLO verdict (users still spawning)."""
+    warmup_s: float = 0.0
+    """Load/endurance: seconds at the start left out of the judged (steady) window, at least
+    the spawn time + 2 s. Caches fill and pools open meanwhile; the report shows the whole
+    phase too."""
     seed: int = 0
     timeout_s: float = 60.0
     verdicts: str | None = None

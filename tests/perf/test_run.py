@@ -15,7 +15,8 @@ def _args(*argv: str) -> object:
 
 def test_profiles_and_overrides() -> None:
     assert {"smoke", "load-100", "load-200", "load-500", "stress", "endurance"} <= set(PROFILES)
-    assert _profile(_args("load-200")).steps == [(200, 90.0)]
+    assert _profile(_args("load-200")).steps == [(200, 120.0)]
+    assert _profile(_args("load-200", "--warmup", "10")).warmup_s == 10.0
     p = _profile(_args("load-200", "--users", "50", "--duration", "30", "--think", "0,0.5", "--no-compare"))
     assert p.steps == [(50, 30.0)] and p.think_s == (0.0, 0.5) and not p.compare
     stress = _profile(_args("stress", "--duration", "10"))
