@@ -35,6 +35,7 @@ from perf.suite.stats import (
     by_class,
     by_name,
     cache_share,
+    classify,
     drift,
     max_users,
     summarize,
@@ -131,7 +132,9 @@ def analyze(phase: Phase, resources: Sequence[dict[str, Any]]) -> dict[str, Any]
     for v in phase.verdicts:
         inside = window(samples, v["start"] + config.settle_s, v["end"])
         duration = v["end"] - v["start"] - config.settle_s
-        steps.append({**v, **{k: summarize(inside, duration)[k] for k in ("rps", "p50_ms", "p99_ms")},
+        api = [s for s in inside if classify(s.name) == "api"]
+        steps.append({**v, "rps": summarize(inside, duration)["rps"],
+                      **{k: summarize(api, duration)[k] for k in ("p50_ms", "p99_ms")},
                       "users_reached": max_users(inside)})
     judged: dict[str, Any] = {"start": start, "end": end, "label": "steady window"}
     if steps:
@@ -153,6 +156,7 @@ def analyze(phase: Phase, resources: Sequence[dict[str, Any]]) -> dict[str, Any]
                    "spawn_rate": config.spawn_rate, "zipf_s": config.zipf_s, "queries": len(config.queries)},
         "window": judged, "duration_s": duration,
         "total": summarize([s for s in samples if s.t >= phase.start], max(1e-9, phase.end - phase.start)),
+        "total_classes": by_class([s for s in samples if s.t >= phase.start], max(1e-9, phase.end - phase.start)),
         "judged": summarize(inside, duration), "classes": by_class(inside, duration),
         "names": by_name(inside, duration), "users": max_users(inside), "errors_by_status": statuses,
         "timeline": timeline(samples, phase.start, phase.end, bucket_s=5.0 if phase.end - phase.start < 900 else 30.0),
@@ -389,10 +393,11 @@ def markdown(report: dict[str, Any]) -> str:
                   f"## Targets ({main['window']['label']}, {main['duration_s']:.0f} s)", "",
                   _table(["target", "measured", "status", "note"],
                          [[r["target"], r["measured"], r["status"], r["note"]] for r in report["targets"]]), ""]
-        whole = main["total"]
-        lines += [f"Whole phase, ramp-up and warm-up included: {whole['count']} measurements, all requests "
-                  f"p50 {_fmt(whole['p50_ms'], ' ms')} / p95 {_fmt(whole['p95_ms'], ' ms')} / p99 "
-                  f"{_fmt(whole['p99_ms'], ' ms')}, {whole['errors']} errors; the plots show the whole phase.", ""]
+        whole, api_all = main["total"], main.get("total_classes", {}).get("api", {})
+        lines += [f"Whole phase, ramp-up and warm-up included: {whole['count']} measurements, {whole['errors']} "
+                  f"errors; API calls p50 {_fmt(api_all.get('p50_ms'), ' ms')} / p95 "
+                  f"{_fmt(api_all.get('p95_ms'), ' ms')} / p99 {_fmt(api_all.get('p99_ms'), ' ms')}. "
+                  "The plots show the whole phase.", ""]
         if main["breaking_point"]:
             bp = main["breaking_point"]
             lines += [f"**Breaking point: {bp['users']} users** — {'; '.join(bp['reasons'])}.", ""]
