@@ -10,12 +10,12 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from arq.connections import ArqRedis
 from litestar import Litestar
 from litestar.enums import ScopeType
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import ScalarRenderPlugin, SwaggerRenderPlugin
+from litestar.plugins.opentelemetry import OpenTelemetryConfig, OpenTelemetryPlugin
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import paths
@@ -31,13 +31,16 @@ from api.documents.controllers import DocumentController
 from api.health.controllers import HealthController
 from api.limits.middleware import rate_limit_middleware
 from api.me import MeController
+from api.metrics import METRICS_PATH, MetricsController, metrics_middleware, route_span_details
 from api.problems import exception_handlers
 from api.search.controllers import SearchController
 from api.serving import api_pool_size, start_serving
+from api.serving import exception_handlers as serving_exception_handlers
 from api.sources.controllers import SourceController
 from core.errors import QuarryError
 from core.logs import configure_logging, request_id_var
 from core.settings import Settings, load_settings
+from core.telemetry import TracingArqRedis, setup_telemetry
 from rag.embedders import make_embedder
 from rag.llm import make_llm_provider
 from storage.blobs import BlobStore
@@ -105,7 +108,7 @@ def create_app(settings: Settings) -> Litestar:
         )
         # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs. Built without a ping,
         # so the API starts while Redis is down (and /readyz says so).
-        app.state.redis = ArqRedis.from_url(
+        app.state.redis = TracingArqRedis.from_url(  # an ArqRedis that passes the trace to jobs
             settings.redis_url or "redis://127.0.0.1:6379/0",
             socket_connect_timeout=2, socket_timeout=5, health_check_interval=30,
         )
@@ -130,19 +133,24 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.redis.aclose()
             await app.state.pool.close()
 
+    tracing = setup_telemetry(settings, "api")
     return Litestar(
+        plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(
+            exclude=[METRICS_PATH, paths.HEALTHZ], scope_span_details_extractor=route_span_details,
+        ))] if tracing else [],
         route_handlers=[
             HealthController, MeController, TenantAdminController, TenantMembersController,
             CollectionController, DocumentController, SearchController,
             ConversationController, ChatController, CompletionsController,
-            SourceController, PlanAdminController,
+            SourceController, PlanAdminController, MetricsController,
         ],
         lifespan=[lifespan],
         dependencies=dependencies,
-        exception_handlers=exception_handlers,
+        exception_handlers={**exception_handlers, **serving_exception_handlers},
         before_send=[_send_request_id],
         middleware=[
             _request_id_middleware,
+            metrics_middleware,  # outermost route middleware: also counts 401s and 429s
             DefineMiddleware(ApiKeyAuthMiddleware, exclude=[f"^{p}" for p in paths.PUBLIC]),
             rate_limit_middleware,  # after auth: limits are per key and per tenant
         ],

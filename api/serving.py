@@ -3,9 +3,14 @@ app's lifespan and kept on `app.state`. Everything here degrades when Redis is d
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Any
 
 import asyncpg
+from litestar import Request, Response
+from litestar.types import ExceptionHandlersMap
+from prometheus_client import multiprocess
 from redis.asyncio import Redis
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -13,13 +18,15 @@ from redis.retry import Retry
 
 from api.limits.middleware import RateLimiter
 from api.limits.policy import LimitsPolicy, parse_defaults
+from api.problems import problem
 from core.settings import Settings
 from storage.caches.bus import InvalidationBus
 from storage.caches.guard import RedisGuard
 from storage.caches.principals import PrincipalCache
 from storage.caches.search import SearchCache
 
-__all__ = ["ARQ_WORKER_POOL_SIZE", "Serving", "api_pool_size", "backpressure", "start_serving"]
+__all__ = ["ARQ_WORKER_POOL_SIZE", "Serving", "api_pool_size", "backpressure", "exception_handlers",
+           "start_serving"]
 
 ARQ_WORKER_POOL_SIZE = 4  # jobs.worker's pool per arq worker process
 
@@ -52,6 +59,8 @@ class Serving:
         await self.bus.stop()
         await self.bus_redis.aclose()
         await self.redis.aclose()
+        if "PROMETHEUS_MULTIPROC_DIR" in os.environ:  # this worker's live gauges leave the sums
+            multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
 def start_serving(settings: Settings, pool: asyncpg.Pool) -> Serving:
@@ -78,3 +87,23 @@ def start_serving(settings: Settings, pool: asyncpg.Pool) -> Serving:
                                embedding_ttl_s=settings.embedding_cache_ttl_s)
     bus.start()
     return Serving(redis, bus_redis, guard, bus, principals, policy, limiter, search_cache)
+
+
+def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
+    if isinstance(exc, asyncpg.QueryCanceledError):
+        detail = "the query took longer than the statement timeout; try a narrower request or later"
+    else:
+        detail = "the database connection failed; try again shortly"
+    return problem(request, 503, detail, slug="unavailable", headers={"Retry-After": "2"})
+
+
+# Database failures that are not the client's fault and usually pass: 503 + Retry-After, not 500.
+# (Pool exhaustion and connect failures already arrive as core.errors.Unavailable.)
+exception_handlers: ExceptionHandlersMap = {
+    asyncpg.QueryCanceledError: _database_unavailable,  # statement_timeout
+    asyncpg.ConnectionDoesNotExistError: _database_unavailable,  # dropped mid-write (reads retry once)
+    asyncpg.PostgresConnectionError: _database_unavailable,
+    asyncpg.CannotConnectNowError: _database_unavailable,
+    asyncpg.TooManyConnectionsError: _database_unavailable,
+    asyncpg.AdminShutdownError: _database_unavailable,
+}

@@ -14,6 +14,7 @@ from arq.connections import RedisSettings
 
 from api.app import app_database_url
 from core.settings import Settings
+from core.telemetry import instrument_jobs, setup_telemetry
 from jobs.ingest import INGEST_JOB, INGEST_TIMEOUT_S, ingest_document
 from rag.chunking import HFTokenizer
 from rag.embedders import make_embedder, tokenizer_path
@@ -30,13 +31,14 @@ async def ping(ctx: dict[str, Any], payload: str) -> dict[str, Any]:
     return {"payload": payload, "db_time": now.isoformat(), "worker_pid": os.getpid()}
 
 
-FUNCTIONS = [
+# Timed (quarry_job_duration_seconds) and traced with the enqueuing request's trace (core.telemetry).
+FUNCTIONS = instrument_jobs([
     ping,
     # Ingestion counts its own attempts in the documents table (see jobs.ingest); arq's
     # max_tries only bounds waiting for a free per-tenant slot. keep_result=0 frees the
     # job id at once, so the same content can be queued again after a change and back.
     func(ingest_document, name=INGEST_JOB, keep_result=0, timeout=INGEST_TIMEOUT_S, max_tries=10_000),
-]
+])
 
 
 async def startup_resources(ctx: dict[str, Any], settings: Settings) -> None:
@@ -57,6 +59,7 @@ async def shutdown_resources(ctx: dict[str, Any]) -> None:
 
 def make_worker_settings(settings: Settings) -> dict[str, Any]:
     async def startup(ctx: dict[str, Any]) -> None:
+        setup_telemetry(settings, "worker")
         await startup_resources(ctx, settings)
 
     return {

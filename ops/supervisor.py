@@ -23,6 +23,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from api.serving import backpressure
 from core.settings import Settings, env_name
 from ops.bootstrap import dagster_url, embedded_database, endpoints_file, prepare_database
 from ops.tenants import DEMO_TENANT, ensure_demo_tenant
@@ -115,9 +116,19 @@ class Supervisor:
             "QUARRY_DAGSTER_PG_URL": dagster_url(database_url),
             "DAGSTER_HOME": str(dagster_home),
             "PYTHONUNBUFFERED": "1",
+            # Prometheus multi-process mode: every API and arq worker writes its metrics here and
+            # /metrics sums them. Emptied at each start: values of dead processes must not linger.
+            "PROMETHEUS_MULTIPROC_DIR": str(self._fresh_metrics_dir()),
         })
         self._write_endpoints(database_url, redis_url)
         return env
+
+    def _fresh_metrics_dir(self) -> Path:
+        path = self.data / "run" / "prometheus"
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink(missing_ok=True)
+        return path
 
     def _write_endpoints(self, database_url: str, redis_url: str) -> None:
         path = endpoints_file(self.settings)
@@ -139,7 +150,9 @@ class Supervisor:
             str(bin_dir / "granian"), "--interface", "asgi", "--factory",
             "--host", s.host, "--port", str(s.port), "--workers", str(s.api_workers),
             "--loop", "uvloop", "--respawn-failed-workers",
-            "--workers-kill-timeout", "6", "--no-access-log",
+            # Sized to the DB pool (docs/serving.md); on shutdown in-flight requests get this long.
+            "--backpressure", str(backpressure(s)),
+            "--workers-kill-timeout", f"{s.api_graceful_timeout_s:g}", "--no-access-log",
             "api.app:app_factory",
         ])]
         children += [Child(f"worker-{i}", [sys.executable, "-m", "ops.cli", "worker"])
@@ -210,7 +223,7 @@ class Supervisor:
         running = [c.proc for c in self.children if c.proc and c.proc.poll() is None]
         for proc in running:
             _signal_group(proc, signal.SIGTERM)
-        deadline = time.monotonic() + _APP_STOP_TIMEOUT_S
+        deadline = time.monotonic() + max(_APP_STOP_TIMEOUT_S, self.settings.api_graceful_timeout_s + 2)
         for proc in running:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -32,6 +32,17 @@ CONNECTION_LOST: tuple[type[BaseException], ...] = (
     asyncpg.ConnectionDoesNotExistError, asyncpg.PostgresConnectionError, asyncpg.AdminShutdownError,
     ConnectionResetError, BrokenPipeError,
 )
+# asyncpg detaches a pooled connection as soon as it notices the server closed it; using it
+# afterwards raises an InterfaceError with one of these messages (same meaning: it dropped).
+_DETACHED = ("connection has been released back to the pool", "connection is closed")
+
+
+def _lost(exc: BaseException) -> bool:
+    if isinstance(exc, CONNECTION_LOST):
+        return True
+    return isinstance(exc, asyncpg.InterfaceError) and any(m in str(exc) for m in _DETACHED)
+
+
 _CANNOT_CONNECT: tuple[type[BaseException], ...] = (
     OSError, asyncpg.PostgresConnectionError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError,
 )
@@ -95,7 +106,9 @@ async def run_read(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaita
         try:
             async with pool.acquire() as conn:
                 return await fn(conn)
-        except CONNECTION_LOST as exc:
+        except (*CONNECTION_LOST, asyncpg.InterfaceError) as exc:
+            if not _lost(exc):
+                raise
             if attempt == 2:
                 raise _unavailable("the database connection was lost; try again shortly", 1) from exc
             await asyncio.sleep(0)
@@ -111,7 +124,9 @@ async def run_tenant_read(
         try:
             async with tenant_tx(pool, tenant_id, readonly=True, local_settings=local_settings) as conn:
                 return await fn(conn)
-        except CONNECTION_LOST as exc:
+        except (*CONNECTION_LOST, asyncpg.InterfaceError) as exc:
+            if not _lost(exc):
+                raise
             if attempt == 2:
                 raise _unavailable("the database connection was lost; try again shortly", 1) from exc
             await asyncio.sleep(0)

@@ -11,6 +11,7 @@ from prometheus_client import REGISTRY
 
 from tests.api.helpers import bearer, create_key
 from tests.ingest_helpers import new_collection, upload_text
+from tests.serving_helpers import concurrent_client
 
 
 def counter(name: str, **labels: str) -> float:
@@ -112,17 +113,15 @@ async def test_principal_cache_serves_repeat_requests_locally(client, make_tenan
     assert counter("quarry_cache_hits_total", cache="principal", tier="local") == local + 2
 
 
-async def test_revoked_key_stops_working_on_every_process(settings, app_client, make_tenant):
+async def test_revoked_key_stops_working_on_every_process(settings, make_tenant):
     """Two app instances stand for two API worker processes sharing Redis. The local TTL is
     long here, so only the pub/sub invalidation can explain the second one noticing."""
     t = await make_tenant()
     slow = msgspec.structs.replace(settings, principal_cache_local_ttl_s=120.0)
-    async with app_client(slow) as one, app_client(slow) as two:
-        # The lifespan (and so the listener) runs in the test client's portal thread: poll, don't await.
-        deadline = time.monotonic() + 5
-        while not all(c.app.state.serving.bus.subscribed.is_set() for c in (one, two)):
-            assert time.monotonic() < deadline, "the invalidation listeners did not subscribe"
-            await asyncio.sleep(0.02)
+    async with concurrent_client(slow) as (one, app_one), concurrent_client(slow) as (two, app_two):
+        async with asyncio.timeout(5):
+            await asyncio.gather(app_one.state.serving.bus.subscribed.wait(),
+                                 app_two.state.serving.bus.subscribed.wait())
         member = await create_key(one, t.headers, "member")
         headers = bearer(member["key"])
         for c in (one, two):
