@@ -72,6 +72,16 @@ def _stop_group(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
         pass
 
 
+def granian_backpressure(env: dict[str, str]) -> list[str]:
+    """`--backpressure N` as `quarry up` computes it from these settings (when it does)."""
+    try:
+        from api.serving import backpressure
+        from core.settings import load_settings
+    except ImportError:
+        return []
+    return ["--backpressure", str(backpressure(load_settings(environ=env, dotenv=None)))]
+
+
 def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as out:
         return subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True, stdin=subprocess.DEVNULL,
@@ -158,11 +168,12 @@ class Server:
     @classmethod
     def granian(cls, name: str, target: str, workers: int, env: dict[str, str], log_path: Path,
                 health: str = "/healthz") -> Server:
-        """Granian with the options `quarry up` uses for the API (uvloop, no access log)."""
+        """Granian with the options `quarry up` uses for the API (uvloop, no access log, the
+        backpressure the settings in `env` give), so a comparison differs only in its settings."""
         port = free_port()
         argv = [str(BIN / "granian"), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
                 "--port", str(port), "--workers", str(workers), "--loop", "uvloop", "--no-access-log",
-                "--workers-kill-timeout", "6", target]
+                "--workers-kill-timeout", "6", *granian_backpressure(env), target]
         return cls(name, argv, env, port, log_path, health)
 
     @classmethod
