@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from arq.connections import RedisSettings
@@ -10,14 +11,21 @@ from arq.worker import Worker
 from jobs.worker import FUNCTIONS
 
 
-async def run_jobs(settings: Any, ctx: dict[str, Any]) -> None:
-    """Run every queued job to completion with an in-process burst worker (real Valkey)."""
+async def run_jobs(settings: Any, ctx: dict[str, Any], timeout_s: float = 120) -> None:
+    """Run every queued job to completion with an in-process burst worker (real Valkey).
+
+    A job that can never finish (e.g. one waiting forever for a tenant slot) would keep a
+    burst worker polling for ever; the timeout turns that into a failure that names it."""
     worker = Worker(
         functions=FUNCTIONS, redis_settings=RedisSettings.from_dsn(settings.redis_url), burst=True,
         ctx=ctx, handle_signals=False, poll_delay=0.05, max_jobs=4,
     )
     try:
-        await worker.main()
+        async with asyncio.timeout(timeout_s):
+            await worker.main()
+    except TimeoutError:
+        queued = await worker.pool.zrange("arq:queue", 0, -1, withscores=True)
+        raise AssertionError(f"queued jobs did not finish within {timeout_s:.0f}s: {queued}") from None
     finally:
         await worker.close()
 
