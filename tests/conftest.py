@@ -67,6 +67,8 @@ def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPath
     return load_settings(
         environ={}, dotenv=None, database_url=admin_url, redis_url=servers.valkey.url,
         data_dir=str(tmp_path_factory.mktemp("data")), db_pool_max=10, ingest_concurrency_per_tenant=4,
+        # Generous: a loaded CI machine must not trip the Redis breaker (250 ms in production).
+        redis_timeout_ms=2000,
     )
 
 
