@@ -81,6 +81,8 @@ async def _ingest(
     async with tenant_tx(pool, tenant_id) as conn:
         doc = await documents.mark_processing(conn, document_id, content_hash)
     if doc is None:
+        # Nobody will ingest these bytes any more (unless another pending document shares them).
+        await _cleanup_blob(pool, blobs, tenant_id, document_id, content_hash)
         return {"status": "skipped", "reason": "document changed, deleted or already ready"}
     try:
         prepared = await prepare_file(

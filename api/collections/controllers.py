@@ -14,6 +14,7 @@ from api.auth import require_role
 from api.collections.schemas import CollectionPage, CreateCollection, UpdateCollection
 from api.deps import DbPool
 from api.pagination import decode_cursor, encode_cursor
+from core.errors import BadRequest
 from storage.models import Collection, Principal
 from storage.repositories import collections
 from storage.tenancy import tenant_tx
@@ -40,7 +41,7 @@ class CollectionController(Controller):
         self, request: AnyRequest, pool: DbPool, limit: Limit = 50, cursor: Cursor = None
     ) -> CollectionPage:
         """List collections by name (keyset pagination)."""
-        after = str(decode_cursor(cursor)[0]) if cursor else None
+        after = _decode_name_cursor(cursor) if cursor else None
         async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
             items = await collections.list_collections(conn, after, limit + 1)
         more = len(items) > limit
@@ -68,3 +69,10 @@ class CollectionController(Controller):
         """Delete a collection with its documents, chunks and embeddings."""
         async with tenant_tx(pool, request.user.tenant_id) as conn:
             await collections.delete_collection(conn, collection_id)
+
+
+def _decode_name_cursor(cursor: str) -> str:
+    values = decode_cursor(cursor)
+    if len(values) != 1 or not isinstance(values[0], str):
+        raise BadRequest("invalid cursor")
+    return values[0]

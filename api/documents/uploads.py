@@ -10,21 +10,27 @@ import anyio
 import asyncpg
 import msgspec
 from arq.connections import ArqRedis
+from redis.exceptions import RedisError
 
 from api.documents.multipart import read_multipart
 from api.documents.schemas import Accepted, TextDocument
-from core.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
+from core.errors import BadRequest, PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
 from core.settings import Settings
 from jobs.ingest import enqueue_ingest
 from rag.parsing import FORMATS, detect_format
 from rag.validation import check_upload
 from storage.blobs import BlobStore, StoredBlob
+from storage.models import Document
 from storage.repositories import collections, documents
 from storage.tenancy import tenant_tx
 
 __all__ = ["accept_json", "accept_multipart"]
 
 _json_decoder = msgspec.json.Decoder(TextDocument)
+
+# (filename, title, uri, format, stored bytes)
+_Item = tuple[str | None, str, str | None, str, StoredBlob]
+_NOT_QUEUED = "the ingestion queue was unavailable, so this upload was not queued; upload it again"
 
 
 async def accept_multipart(
@@ -53,16 +59,14 @@ async def accept_multipart(
             raise Unprocessable("no file in the request (send multipart parts with a filename)")
         metadata = _metadata_field(form.fields.get("metadata"))
         formats = [await _validate(f.filename, f.content_type, f.blob) for f in form.files]
-        items: list[tuple[str | None, str, str | None, str, StoredBlob]] = [
-            (f.filename, f.filename.rsplit(".", 1)[0], f.filename, fmt, f.blob)
-            for f, fmt in zip(form.files, formats, strict=True)
-        ]
-        return await _register(items, metadata, tenant_id, collection_id, pool, arq, blobs)
     except BaseException:
-        for uploaded in form.files:
-            if not uploaded.blob.existed:
-                blobs.delete(tenant_id, uploaded.blob.sha256)
+        _discard(blobs, tenant_id, [f.blob for f in form.files])
         raise
+    items: list[_Item] = [
+        (f.filename, f.filename.rsplit(".", 1)[0], f.filename, fmt, f.blob)
+        for f, fmt in zip(form.files, formats, strict=True)
+    ]
+    return await _register(items, metadata, tenant_id, collection_id, pool, arq, blobs)
 
 
 async def accept_json(
@@ -85,14 +89,9 @@ async def accept_json(
     async with tenant_tx(pool, tenant_id, readonly=True) as conn:
         await collections.get_collection(conn, collection_id)
     blob = await blobs.save_bytes(tenant_id, doc.text.encode(), name="text")
-    try:
-        return await _register(
-            [(None, doc.title, doc.uri, doc.format, blob)], doc.metadata, tenant_id, collection_id, pool, arq, blobs
-        )
-    except BaseException:
-        if not blob.existed:
-            blobs.delete(tenant_id, blob.sha256)
-        raise
+    return await _register(
+        [(None, doc.title, doc.uri, doc.format, blob)], doc.metadata, tenant_id, collection_id, pool, arq, blobs
+    )
 
 
 def _metadata_field(raw: str | None) -> dict[str, Any]:
@@ -117,8 +116,15 @@ async def _validate(filename: str, content_type: str | None, blob: StoredBlob) -
     return fmt
 
 
+def _discard(blobs: BlobStore, tenant_id: UUID, stored: list[StoredBlob]) -> None:
+    """Remove bytes this request stored (not those another pending document already had)."""
+    for blob in stored:
+        if not blob.existed:
+            blobs.delete(tenant_id, blob.sha256)
+
+
 async def _register(
-    items: list[tuple[str | None, str, str | None, str, StoredBlob]],
+    items: list[_Item],
     metadata: dict[str, Any],
     tenant_id: UUID,
     collection_id: UUID,
@@ -126,30 +132,56 @@ async def _register(
     arq: ArqRedis,
     blobs: BlobStore,
 ) -> list[Accepted]:
-    """One transaction for the batch, then the jobs (a job finding no row is a no-op)."""
+    """One transaction for the batch, then the jobs (a job finding no row is a no-op).
+    Owns the stored bytes from here: removes them when the batch is not registered, and when a
+    job cannot be queued, fails the documents left without one (never `queued` with no job)."""
     registered = []
-    async with tenant_tx(pool, tenant_id) as conn:
-        for filename, title, uri, fmt, blob in items:
-            doc, action = await documents.register_upload(
-                conn,
-                tenant_id=tenant_id,
-                collection_id=collection_id,
-                title=title,
-                uri=uri,
-                mime_type=FORMATS[fmt],
-                content_hash=blob.sha256,
-                size_bytes=blob.size,
-                metadata=metadata,
-            )
-            registered.append((filename, fmt, doc, action))
+    try:
+        async with tenant_tx(pool, tenant_id) as conn:
+            for filename, title, uri, fmt, blob in items:
+                doc, action = await documents.register_upload(
+                    conn,
+                    tenant_id=tenant_id,
+                    collection_id=collection_id,
+                    title=title,
+                    uri=uri,
+                    mime_type=FORMATS[fmt],
+                    content_hash=blob.sha256,
+                    size_bytes=blob.size,
+                    metadata=metadata,
+                )
+                registered.append((filename, fmt, doc, action))
+    except BaseException:
+        _discard(blobs, tenant_id, [item[4] for item in items])
+        raise
     accepted = []
-    for (filename, fmt, doc, action), item in zip(registered, items, strict=True):
+    for index, ((filename, fmt, doc, action), item) in enumerate(zip(registered, items, strict=True)):
         job_id = None
-        if action == "unchanged" and not item[4].existed:
-            blobs.delete(tenant_id, item[4].sha256)  # already indexed: the bytes are not needed
-        if action != "unchanged":
-            job_id = await enqueue_ingest(arq, tenant_id, doc.id, doc.content_hash or "", fmt)
+        if action == "unchanged":
+            _discard(blobs, tenant_id, [item[4]])  # already indexed: the bytes are not needed
+        else:
+            try:
+                job_id = await enqueue_ingest(arq, tenant_id, doc.id, doc.content_hash or "", fmt)
+            except (RedisError, OSError) as exc:
+                await _not_queued(pool, blobs, tenant_id, registered[index:], items[index:])
+                error = Unavailable("the ingestion queue is unavailable; upload again shortly")
+                error.headers["Retry-After"] = "5"
+                raise error from exc
         accepted.append(
             Accepted(document_id=doc.id, status=doc.status, action=action, job_id=job_id, filename=filename)
         )
     return accepted
+
+
+async def _not_queued(
+    pool: asyncpg.Pool, blobs: BlobStore, tenant_id: UUID,
+    registered: list[tuple[str | None, str, Document, documents.UploadAction]], items: list[_Item],
+) -> None:
+    """Documents whose job could not be queued: failed with the reason, their bytes removed.
+    ('pending' ones already have a queued job, and their bytes were stored before.)"""
+    async with tenant_tx(pool, tenant_id) as conn:
+        for _, _, doc, action in registered:
+            if action in ("created", "replaced"):
+                await documents.mark_failed(conn, doc.id, doc.content_hash or "", _NOT_QUEUED)
+    _discard(blobs, tenant_id, [item[4] for (*_, action), item in zip(registered, items, strict=True)
+                                if action in ("created", "replaced")])

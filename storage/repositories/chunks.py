@@ -8,6 +8,7 @@ round trip for the chunks whatever their number; embeddings are pipelined with e
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from uuid import UUID
 
@@ -29,7 +30,9 @@ async def replace_chunks(
     timings: dict[str, float] | None = None,
 ) -> bool:
     """Replace the document's chunks and mark it ready. Returns False (writing nothing) when
-    the document was deleted or its content changed since the job started (stale job)."""
+    the document was deleted or its content changed since the job started (stale job).
+    `timings` (ms per stage) are stored with the document, plus this write's own as `write`."""
+    started = time.perf_counter()
     doc = await conn.fetchrow(
         "SELECT tenant_id, collection_id, content_hash FROM documents WHERE id = $1 FOR UPDATE",
         document_id,
@@ -63,10 +66,11 @@ async def replace_chunks(
             [(id_by_ord[c.ord], doc["tenant_id"], doc["collection_id"], embedder, dim, vector)
              for c, vector in zip(chunks, embeddings, strict=True)],
         )
+    stages = {**(timings or {}), "write": (time.perf_counter() - started) * 1000}
     await conn.execute(
         """UPDATE documents SET status = 'ready', error = NULL, chunk_count = $2, timings = $3,
                finished_at = now(), updated_at = now() WHERE id = $1""",
-        document_id, len(chunks), {k: round(v, 1) for k, v in (timings or {}).items()},
+        document_id, len(chunks), {k: round(v, 1) for k, v in stages.items()},
     )
     await bump_version(conn, doc["collection_id"])
     return True

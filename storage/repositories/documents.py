@@ -29,40 +29,61 @@ async def register_upload(
     conn: asyncpg.Connection, *, tenant_id: UUID, collection_id: UUID, title: str, uri: str | None,
     mime_type: str, content_hash: str, size_bytes: int, metadata: dict[str, Any],
 ) -> tuple[Document, UploadAction]:
-    """Insert, replace or recognise an unchanged upload (caller holds the transaction)."""
+    """Insert, replace or recognise an unchanged upload (caller holds the transaction).
+    Concurrent uploads of one uri agree: the later one waits for the first and then replaces
+    it (or finds it unchanged/pending), instead of failing on the unique index."""
+    for _ in range(2):
+        existing = await _find_existing(conn, collection_id, uri, content_hash)
+        if existing is not None:
+            return await _update_existing(conn, existing, title, mime_type, content_hash, size_bytes, metadata)
+        row = await conn.fetchrow(
+            """INSERT INTO documents (tenant_id, collection_id, title, uri, mime_type, content_hash,
+                                      size_bytes, metadata)
+               VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+               ON CONFLICT (collection_id, uri) WHERE uri IS NOT NULL AND source_id IS NULL DO NOTHING
+               RETURNING *""",
+            tenant_id, collection_id, title, uri, mime_type, content_hash, size_bytes, metadata,
+        )
+        if row is not None:
+            return to_struct(row, Document), "created"
+        # Another transaction inserted this uri since we looked (and has committed): look again.
+    raise RuntimeError(f"could not register {uri!r}: it keeps changing concurrently")
+
+
+async def _find_existing(
+    conn: asyncpg.Connection, collection_id: UUID, uri: str | None, content_hash: str
+) -> asyncpg.Record | None:
     if uri is not None:
-        existing = await conn.fetchrow(
+        found: asyncpg.Record | None = await conn.fetchrow(
             "SELECT * FROM documents WHERE collection_id = $1 AND uri = $2 AND source_id IS NULL FOR UPDATE",
             collection_id, uri,
         )
-    else:
-        existing = await conn.fetchrow(
-            """SELECT * FROM documents WHERE collection_id = $1 AND uri IS NULL AND content_hash = $2
-               ORDER BY created_at LIMIT 1 FOR UPDATE""",
-            collection_id, content_hash,
-        )
-    if existing is not None:
-        if existing["content_hash"] == content_hash and existing["status"] == "ready":
-            return to_struct(existing, Document), "unchanged"
-        if existing["content_hash"] == content_hash and existing["status"] != "failed":
-            return to_struct(existing, Document), "pending"
-        row = await conn.fetchrow(
-            """UPDATE documents SET title = $2, mime_type = $3, content_hash = $4, size_bytes = $5,
-                   metadata = $6, status = 'queued', error = NULL, attempts = 0, updated_at = now(),
-                   started_at = NULL, finished_at = NULL
-               WHERE id = $1 RETURNING *""",
-            existing["id"], title, mime_type, content_hash, size_bytes, metadata,
-        )
-        assert row is not None
-        return to_struct(row, Document), "replaced"
+        return found
+    found = await conn.fetchrow(
+        """SELECT * FROM documents WHERE collection_id = $1 AND uri IS NULL AND content_hash = $2
+           ORDER BY created_at LIMIT 1 FOR UPDATE""",
+        collection_id, content_hash,
+    )
+    return found
+
+
+async def _update_existing(
+    conn: asyncpg.Connection, existing: asyncpg.Record, title: str, mime_type: str, content_hash: str,
+    size_bytes: int, metadata: dict[str, Any],
+) -> tuple[Document, UploadAction]:
+    if existing["content_hash"] == content_hash and existing["status"] == "ready":
+        return to_struct(existing, Document), "unchanged"
+    if existing["content_hash"] == content_hash and existing["status"] != "failed":
+        return to_struct(existing, Document), "pending"
     row = await conn.fetchrow(
-        """INSERT INTO documents (tenant_id, collection_id, title, uri, mime_type, content_hash,
-                                  size_bytes, metadata)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING *""",
-        tenant_id, collection_id, title, uri, mime_type, content_hash, size_bytes, metadata,
+        """UPDATE documents SET title = $2, mime_type = $3, content_hash = $4, size_bytes = $5,
+               metadata = $6, status = 'queued', error = NULL, attempts = 0, updated_at = now(),
+               started_at = NULL, finished_at = NULL
+           WHERE id = $1 RETURNING *""",
+        existing["id"], title, mime_type, content_hash, size_bytes, metadata,
     )
     assert row is not None
-    return to_struct(row, Document), "created"
+    return to_struct(row, Document), "replaced"
 
 
 async def get_document(conn: asyncpg.Connection, document_id: UUID) -> Document:

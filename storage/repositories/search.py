@@ -26,8 +26,10 @@ SearchMode = Literal["hybrid", "vector", "keyword"]
 RRF_K = 60  # the usual RRF constant: dampens the weight of top ranks
 SEARCH_SETTINGS = {"hnsw.iterative_scan": "relaxed_order", "hnsw.ef_search": "100"}
 
-# Any query word may match (OR), ranked by cover density: natural-language questions rarely
-# contain every word of the passage that answers them.
+# Any query word may match (OR): natural-language questions rarely contain every word of the
+# passage that answers them. Ranked in tiers: the query as a phrase (an exact identifier such as
+# "KX-7734-B", which the parser splits into several lexemes), then all of its words, then cover
+# density of any of them (which alone would rank a near-miss repeating one lexeme first).
 _TSQUERY = f"nullif(replace(plainto_tsquery('{TSV_CONFIG}', $2)::text, '&', '|'), '')::tsquery"
 
 _VECTOR_CTE = """
@@ -42,14 +44,18 @@ vec AS (SELECT chunk_id, row_number() OVER (ORDER BY distance, chunk_id) AS rank
 
 _KEYWORD_CTE = """
 kw_candidates AS MATERIALIZED (
-    SELECT c.id AS chunk_id, ts_rank_cd(c.tsv, q.query) AS relevance
-    FROM chunks c {doc_join_c}, (SELECT {tsquery} AS query) q
+    SELECT c.id AS chunk_id, c.tsv @@ q.phrase AS phrase, c.tsv @@ q.every AS every,
+           ts_rank_cd(c.tsv, q.query) AS relevance
+    FROM chunks c {doc_join_c},
+         (SELECT {tsquery} AS query, phraseto_tsquery('{cfg}', $2) AS phrase,
+                 plainto_tsquery('{cfg}', $2) AS every) q
     WHERE q.query IS NOT NULL AND c.tsv @@ q.query
       AND ($4::uuid[] IS NULL OR c.collection_id = ANY($4)) {doc_filter}
-    ORDER BY relevance DESC, c.id
+    ORDER BY phrase DESC, every DESC, relevance DESC, c.id
     LIMIT $5
 ),
-kw AS (SELECT chunk_id, row_number() OVER (ORDER BY relevance DESC, chunk_id) AS rank FROM kw_candidates)"""
+kw AS (SELECT chunk_id, row_number() OVER (ORDER BY phrase DESC, every DESC, relevance DESC, chunk_id) AS rank
+       FROM kw_candidates)"""
 
 # A disabled side still mentions its parameters: Postgres must infer every parameter's type.
 _EMPTY = {
@@ -84,7 +90,7 @@ def _sql(mode: SearchMode, dim: int, with_metadata: bool) -> str:
     parts = [
         _VECTOR_CTE.format(dim=int(dim), doc_join=meta_e if with_metadata else "", doc_filter=doc_filter)
         if mode != "keyword" else _EMPTY["vec"],
-        _KEYWORD_CTE.format(tsquery=_TSQUERY, doc_join_c=meta_c if with_metadata else "",
+        _KEYWORD_CTE.format(tsquery=_TSQUERY, cfg=TSV_CONFIG, doc_join_c=meta_c if with_metadata else "",
                             doc_filter=doc_filter)
         if mode != "vector" else _EMPTY["kw"],
         _FINAL.format(rrf=RRF_K, tsquery=_TSQUERY, cfg=TSV_CONFIG),
