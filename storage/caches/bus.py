@@ -83,6 +83,10 @@ class InvalidationBus:
                     _log.warning("cache invalidation channel lost: %s", type(exc).__name__)
                 lost = True
                 self.subscribed.clear()
+            except Exception:  # a bug must not end invalidation for the life of the process
+                _log.exception("cache invalidation listener failed; restarting it")
+                lost = True
+                self.subscribed.clear()
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -7,11 +7,22 @@ import asyncio
 import time
 
 import msgspec
+import pytest
 from prometheus_client import REGISTRY
 
 from tests.api.helpers import bearer, create_key
 from tests.ingest_helpers import new_collection, upload_text
 from tests.serving_helpers import concurrent_client
+
+# A loaded CI machine can take longer than the production Redis deadline (250 ms); a slow call
+# would then count as a miss and these tests would be about the machine, not the caches.
+PATIENT = {"redis_timeout_ms": 3000}
+
+
+@pytest.fixture
+async def client(settings, app_client):
+    async with app_client(msgspec.structs.replace(settings, **PATIENT)) as test_client:
+        yield test_client
 
 
 def counter(name: str, **labels: str) -> float:
@@ -117,7 +128,7 @@ async def test_revoked_key_stops_working_on_every_process(settings, make_tenant)
     """Two app instances stand for two API worker processes sharing Redis. The local TTL is
     long here, so only the pub/sub invalidation can explain the second one noticing."""
     t = await make_tenant()
-    slow = msgspec.structs.replace(settings, principal_cache_local_ttl_s=120.0)
+    slow = msgspec.structs.replace(settings, principal_cache_local_ttl_s=120.0, **PATIENT)
     async with concurrent_client(slow) as (one, app_one), concurrent_client(slow) as (two, app_two):
         async with asyncio.timeout(5):
             await asyncio.gather(app_one.state.serving.bus.subscribed.wait(),
@@ -142,7 +153,7 @@ async def test_revocation_that_bypasses_the_api_takes_effect_within_the_ttls(
     """A key revoked straight in the database (no invalidation message): the caches forget it
     within local TTL + Redis TTL."""
     t = await make_tenant()
-    short = msgspec.structs.replace(settings, principal_cache_local_ttl_s=0.5, principal_cache_redis_ttl_s=1)
+    short = msgspec.structs.replace(settings, principal_cache_local_ttl_s=0.5, principal_cache_redis_ttl_s=1, **PATIENT)
     async with app_client(short) as client:
         member = await create_key(client, t.headers, "member")
         headers = bearer(member["key"])
@@ -158,7 +169,7 @@ async def test_revocation_that_bypasses_the_api_takes_effect_within_the_ttls(
 
 async def test_redis_down_reads_still_succeed(settings, app_client, make_tenant, run_jobs, servers):
     t = await make_tenant()
-    async with app_client(settings) as client:
+    async with app_client(msgspec.structs.replace(settings, **PATIENT)) as client:
         cid = await new_collection(client, t.headers)
         await upload_text(client, t.headers, cid, "Glaciers carve U-shaped valleys over millennia.")
         await run_jobs()

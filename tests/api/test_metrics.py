@@ -25,7 +25,8 @@ def value(families, sample_name: str, **labels) -> float | None:
 
 async def test_metrics_expose_the_serving_series(settings, app_client, make_tenant, run_jobs):
     tenant = await make_tenant()
-    limited = msgspec.structs.replace(settings, rate_limits="read=3/1000,search=100/1000,write=0/0,upload=0/0")
+    limited = msgspec.structs.replace(settings, rate_limits="read=3/1000,search=100/1000,write=0/0,upload=0/0",
+                                      redis_timeout_ms=3000)
     async with app_client(limited) as client:
         for _ in range(5):  # 3 allowed, 2 refused
             await client.get("/v1/me", headers=tenant.headers)

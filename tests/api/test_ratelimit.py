@@ -16,7 +16,9 @@ ADMIN_FREE = "admin=0/0,write=0/0"
 
 
 def limited(settings, spec: str, **extra):
-    return msgspec.structs.replace(settings, rate_limits=f"{spec},{ADMIN_FREE}", **extra)
+    # A generous Redis deadline: on a loaded machine a slow (not failed) Redis must not turn into
+    # fail-open and let extra requests through.
+    return msgspec.structs.replace(settings, rate_limits=f"{spec},{ADMIN_FREE}", **{"redis_timeout_ms": 3000, **extra})
 
 
 async def test_parallel_requests_exactly_the_limit_succeed(settings, make_tenant):
@@ -91,7 +93,7 @@ async def test_key_limit_and_tenant_limit_combine(settings, app_client, make_ten
 async def test_route_classes_have_separate_buckets(settings, app_client, make_tenant):
     tenant = await make_tenant()
     spec = "read=2/100,write=2/100,admin=0/0"
-    async with app_client(msgspec.structs.replace(settings, rate_limits=spec)) as client:
+    async with app_client(msgspec.structs.replace(settings, rate_limits=spec, redis_timeout_ms=3000)) as client:
         for _ in range(2):
             assert (await client.get("/v1/me", headers=tenant.headers)).status_code == 200
         assert (await client.get("/v1/me", headers=tenant.headers)).status_code == 429
