@@ -195,6 +195,35 @@ def run_load(target: str, url: str, key: str, users: int, procs: int, duration: 
     return records, time.time() - start_at
 
 
+async def _disconnect_check(api: str, sim: str, key: str, n: int) -> dict[str, Any]:
+    """`n` streams hung up right after their first token: does the simulated LLM see each of
+    its requests cancelled (the platform closed them at once), and does the API stay healthy?"""
+    import httpx
+
+    stats_url = sim.removesuffix("/v1") + "/sim/stats"
+    async with httpx.AsyncClient(timeout=60) as http:
+        before = (await http.get(stats_url)).json()
+
+        async def hang_up(i: int) -> None:
+            body = {"message": f"bye{i} {QUESTION}", "stream": True}
+            async with http.stream("POST", f"{api}/v1/chat", json=body,
+                                   headers={"Authorization": f"Bearer {key}"}) as response:
+                async for line in response.aiter_lines():
+                    if line.startswith("event: token"):
+                        return  # leaving the block closes the connection mid-stream
+
+        await asyncio.gather(*(hang_up(i) for i in range(n)))
+        cancelled = 0
+        for _ in range(50):
+            await asyncio.sleep(0.1)
+            stats = (await http.get(stats_url)).json()
+            cancelled = stats["cancelled"] - before["cancelled"]
+            if cancelled >= n:
+                break
+        healthy = (await http.get(f"{api}/readyz")).status_code == 200
+    return {"hung_up": n, "llm_requests_cancelled": cancelled, "api_ready_after": healthy}
+
+
 # --- the platform ----------------------------------------------------------------------------
 
 
@@ -359,6 +388,11 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{s.get('api_cpu_ms_per_chat', '')} |")
     lines += ["", "Times in ms. `reference` streams straight from the simulator (its own lag and the clients');",
               "`quarry` streams `POST /v1/chat` through the platform. Overhead = TTFT - the simulated LLM's TTFT."]
+    if report.get("disconnect_check"):
+        d = report["disconnect_check"]
+        lines += ["", f"Disconnects: {d['hung_up']} streams hung up after their first token; the simulated LLM saw "
+                      f"{d['llm_requests_cancelled']} of its requests cancelled; API ready afterwards: "
+                      f"{d['api_ready_after']}."]
     return "\n".join(lines)
 
 
@@ -379,6 +413,7 @@ def main() -> None:
     p.add_argument("--api-workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--client-procs", type=int, default=2)
     p.add_argument("--pool-max", type=int, default=20, help="QUARRY_DB_POOL_MAX per API worker")
+    p.add_argument("--disconnects", type=int, default=20, help="streams to hang up on after the first token")
     p.add_argument("--out", type=Path, help="also write chat-bench-<time>.json/.md here")
     args = p.parse_args()
 
@@ -444,12 +479,15 @@ def main() -> None:
                          "quarry": summary, "loadavg_1m_before": round(load, 2)})
             log(json.dumps(runs[-1]["quarry"]))
 
+        disconnects = asyncio.run(_disconnect_check(api_url, sim_url, key, args.disconnects)) \
+            if args.disconnects else None
         report = {
             "config": {"scenario": args.scenario, "ttft_ms": args.ttft_ms, "tokens_per_s": args.tokens_per_s,
                        "tokens": args.tokens, "duration_s": args.duration, "api_workers": args.api_workers,
                        "client_procs": args.client_procs, "db_pool_max": args.pool_max},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "runs": runs,
+            "disconnect_check": disconnects,
         }
         text = markdown(report)
         print(json.dumps(report, indent=2))

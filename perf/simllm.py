@@ -76,6 +76,9 @@ class Reply:
     tool_calls: list[ToolCallSpec] = field(default_factory=list)
     stall_after_tokens: int | None = None
     stall_s: float = 0.0
+    hold: asyncio.Event | None = None
+    """In-process use: after the first token, wait until this event is set (a stream kept open
+    exactly as long as a test needs it)."""
 
 
 @dataclass
@@ -300,6 +303,8 @@ class SimLLM:
         delay = due - time.perf_counter()
         if delay > 0:
             await asyncio.sleep(delay)
+        if reply.hold is not None and index == 1:
+            await reply.hold.wait()
 
     async def _stream(self, conn: _Conn, request: SimRequest, body: dict[str, Any], reply: Reply,
                       pieces: list[dict[str, Any]], prompt_tokens: int) -> None:

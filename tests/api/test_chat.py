@@ -295,3 +295,32 @@ async def test_bad_input_is_a_problem_not_a_500(capp, make_tenant):
     assert_problem(await capp.post("/v1/chat", json={"message": "hi", "history": [{"role": "system", "content": "x"}]},
                                    headers=t.headers), 422)
     assert_problem(await capp.post("/v1/chat", json={"message": "hi"}), 401)
+
+
+async def test_a_quiet_stream_gets_keep_alive_comments():
+    import asyncio
+
+    from api.chat.session import END, SessionEvents
+
+    class Session:
+        def __init__(self) -> None:
+            self.queue: asyncio.Queue = asyncio.Queue()
+            self.closed = False
+
+        async def close(self) -> None:
+            self.closed = True
+
+    session = Session()
+    events = SessionEvents(session, lambda item: [f"data: {item}\n\n".encode()], end=[b"data: [DONE]\n\n"])
+    events._heartbeat()  # a beat with nothing sent since the last one
+    assert await anext(events) == b": keep-alive\n\n"
+    session.queue.put_nowait("a")
+    session.queue.put_nowait("b")
+    assert await anext(events) == b"data: a\n\ndata: b\n\n"  # queued together, written together
+    events._heartbeat()  # something went out since the last beat: no comment
+    session.queue.put_nowait(END)
+    assert await anext(events) == b"data: [DONE]\n\n"
+    with pytest.raises(StopAsyncIteration):
+        await anext(events)
+    await events.aclose()
+    assert session.closed and events._beat is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from datetime import date
 
 import msgspec
@@ -144,12 +145,12 @@ async def test_a_stalled_llm_hits_the_deadline(settings, sim, make_tenant):
         events = parse_sse(r.text)
         assert [e.event for e in events] == ["step", "error"]
         assert events[-1].data["code"] == "deadline_exceeded"
-        assert 0.9 < elapsed < 5
+        assert 0.9 < elapsed < 15  # the stall lasts 20 s
         await sim.wait_for(lambda: sim.cancelled, within_s=5)  # the LLM request was closed, not left hanging
 
 
 async def test_a_stream_that_stalls_mid_answer_times_out(settings, sim, make_tenant):
-    async with chat_app(llm_settings(settings, sim, llm_read_timeout_s=0.3)) as capp:
+    async with chat_app(llm_settings(settings, sim, llm_read_timeout_s=1.0)) as capp:
         t = await make_tenant()
         sim.reply_next(Reply(text="one two three four five six", stall_after_tokens=2, stall_s=10))
         r = await _chat(capp, t.headers, "Count?", stream=True)
@@ -170,10 +171,10 @@ async def test_disconnect_cancels_the_agent_and_the_llm_call(settings, make_tena
                                     {"content": "Tell me everything.", "stream": True},
                                     hang_up_when=lambda body: body.count(b"event: token") >= 2)
         assert exchange.status == 200
-        assert time.perf_counter() - started < 5  # the whole answer would take 20 s
+        assert time.perf_counter() - started < 12  # the whole answer would take 20 s
         await slow.wait_for(lambda: slow.cancelled, within_s=2)
         (request,) = slow.chat_requests
-        assert request.outcome == "cancelled" and 2 <= request.tokens_sent < 10
+        assert request.outcome == "cancelled" and 2 <= request.tokens_sent < 50  # of 100
         stored = (await capp.get(f"/v1/conversations/{conv}", headers=t.headers)).json()["messages"]
         assert [m["status"] for m in stored] == ["complete", "cancelled"]
         assert stored[1]["content"].startswith("the documents")  # the part streamed before the hang-up
@@ -182,20 +183,22 @@ async def test_disconnect_cancels_the_agent_and_the_llm_call(settings, make_tena
 
 
 async def test_concurrent_streams_per_tenant_are_capped(settings, make_tenant):
-    async with SimLLM(ttft_ms=10, tokens_per_s=20, tokens=20) as slow, \
+    async with SimLLM(ttft_ms=10, tokens_per_s=1000, tokens=5) as slow, \
             chat_app(llm_settings(settings, slow, chat_max_streams_per_tenant=2)) as capp:
         t, other = await make_tenant(), await make_tenant()
+        hold = asyncio.Event()  # the two chats stay open until the checks below are done
+        slow.reply_next(*[Reply(text="still going here", hold=hold)] * 2)
         running = [asyncio.create_task(_chat(capp, t.headers, f"q{i}", stream=True)) for i in range(2)]
-        await slow.wait_for(lambda: len(slow.chat_requests) == 2, within_s=5)
+        await slow.wait_for(lambda: sum(r.tokens_sent > 0 for r in slow.chat_requests) == 2, within_s=10)
         body = assert_problem(await _chat(capp, t.headers, "one too many"), 429)
         assert "2 chats" in body["detail"]
         rejected = await _chat(capp, t.headers, "one too many", stream=True)
         assert rejected.status_code == 429 and int(rejected.headers["retry-after"]) >= 1
         assert (await _chat(capp, other.headers, "another tenant")).status_code == 200
+        hold.set()
         for done in await asyncio.gather(*running):
             assert parse_sse(done.text)[-1].event == "done"
         assert await _slots_in_use(capp, t.id) == 0
-        await capp.app.state.redis.script_flush()  # the limiter reloads its script when Redis lost it
         assert (await _chat(capp, t.headers, "room again")).status_code == 200
 
         # Released on errors too.
@@ -258,3 +261,23 @@ async def test_usage_is_batched_per_tenant_and_month(pool, make_tenant):
             usage = await month_usage(conn, month_of())
         assert (usage.prompt_tokens, usage.completion_tokens, usage.requests) == expected
     await recorder.aclose()
+
+
+async def test_stream_slots_reload_their_script_when_redis_lost_it():
+    from redis.exceptions import NoScriptError
+
+    class ForgetfulRedis:  # a Redis that restarted (or ran SCRIPT FLUSH) since the script was sent
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        async def evalsha(self, *args):
+            self.calls.append("evalsha")
+            raise NoScriptError("NOSCRIPT No matching script")
+
+        async def eval(self, *args):
+            self.calls.append("eval")
+            return 1
+
+    redis = ForgetfulRedis()
+    token = await StreamSlots(redis, cap=1, ttl_s=60).acquire(uuid.uuid4())
+    assert token and redis.calls == ["evalsha", "eval"]
