@@ -30,6 +30,7 @@ from perf.suite.runner import Phase
 from perf.suite.sampler import cache_hit_rates
 from perf.suite.stats import (
     LLM_TOTAL,
+    SLO,
     USERS,
     Sample,
     by_class,
@@ -40,6 +41,7 @@ from perf.suite.stats import (
     max_users,
     summarize,
     timeline,
+    verdict,
     window,
 )
 from perf.suite.workload import LoadConfig, read_records
@@ -133,12 +135,18 @@ def analyze(phase: Phase, resources: Sequence[dict[str, Any]]) -> dict[str, Any]
         inside = window(samples, v["start"] + config.settle_s, v["end"])
         duration = v["end"] - v["start"] - config.settle_s
         api = [s for s in inside if classify(s.name) == "api"]
-        steps.append({**v, "rps": summarize(inside, duration)["rps"],
+        # Judged again on every request that started in the step, also those that finished
+        # after it ended (the load shape judged online, without requests still in flight).
+        final = verdict(inside, SLO(**config.stop_on_slo)) if config.stop_on_slo else None
+        steps.append({**v, "online_broken": v["broken"], "rps": summarize(inside, duration)["rps"],
                       **{k: summarize(api, duration)[k] for k in ("p50_ms", "p99_ms")},
-                      "users_reached": max_users(inside)})
+                      "users_reached": max_users(inside),
+                      **({"broken": final.broken, "reasons": final.reasons, "api_p95_ms": final.api_p95_ms,
+                          "llm_p95_ms": final.llm_p95_ms, "error_rate": final.error_rate} if final else {})})
     judged: dict[str, Any] = {"start": start, "end": end, "label": "steady window"}
     if steps:
-        good = [s for s in steps if not s["broken"]]
+        first_broken = next((i for i, s in enumerate(steps) if s["broken"]), len(steps))
+        good = steps[:first_broken]
         pick = good[-1] if good else steps[0]
         judged = {"start": pick["start"] + config.settle_s, "end": pick["end"],
                   "label": f"stress step at {pick['users']} users (the last that kept the SLO)" if good

@@ -162,3 +162,24 @@ def test_cache_target_from_x_cache_headers_without_metrics() -> None:
     rows = {r["target"]: r for r in targets(main, llm_available=False)}
     assert rows["cache hit rate > 70 %"]["status"] == "PASS"
     assert rows["cache hit rate > 70 %"]["measured"].startswith("90.0 %")
+
+
+def test_stress_steps_are_judged_again_with_late_requests(tmp_path: Path) -> None:
+    # Online, the step looked fine (its slow requests had not finished); the report counts them.
+    samples = _traffic(T0, 30, 10, 50.0, 50) + [Sample(t=T0 + 10 + i * 0.1, name="search", ms=20_000.0)
+                                                for i in range(60)]
+    verdicts = [{"step": 0, "users": 50, "start": T0, "end": T0 + 30, "broken": False, "reasons": [],
+                 "api_p95_ms": 50.0, "llm_p95_ms": None, "error_rate": 0.0, "count": 250}]
+    config = LoadConfig(base_url="http://x", records=str(tmp_path / "m.csv"), steps=[(50, 30.0)],
+                        stop_on_slo={"api_p95_ms": 500.0, "llm_p95_ms": 2000.0, "error_rate": 0.001})
+    config.dump(tmp_path / "m.json")
+    with open(config.records, "w") as out:
+        for s in samples:
+            write_record(out, s)
+    main = Phase(name="main", kind="main", target="platform", scenario="mixed", config_path=str(tmp_path / "m.json"),
+                 records=config.records, start=T0, end=T0 + 30, steady_start=T0 + 5, exit_code=0, verdicts=verdicts)
+    from perf.report import analyze
+
+    result = analyze(main, [])
+    assert result["steps"][0]["broken"] and not result["steps"][0]["online_broken"]
+    assert result["breaking_point"]["users"] == 50
