@@ -38,10 +38,11 @@ def api_pool_size(settings: Settings) -> int:
 
 
 def backpressure(settings: Settings) -> int:
-    """Concurrent requests per Granian worker. Most requests hold a connection only briefly
-    and streams (SSE) hold none while they wait, so several requests share a connection; past
-    this many, new requests wait in Granian's accept queue instead of the pool's."""
-    return settings.api_backpressure or max(32, 4 * api_pool_size(settings))
+    """Granian's --backpressure per worker. Granian counts open client *connections* against
+    it, not requests in flight: with the earlier default (4 x pool, e.g. 40) keep-alive clients
+    beyond 80 waited 15-60 s while the API idled (measured by the perf suite, docs/perf-suite.md).
+    The DB pool's acquire timeout already bounds the work, so allow many connections."""
+    return settings.api_backpressure or max(1024, 4 * api_pool_size(settings))
 
 
 @dataclass

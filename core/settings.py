@@ -145,7 +145,7 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     db_pgbouncer: bool = False
     """DATABASE_URL points at PgBouncer in transaction pooling: no prepared-statement cache."""
     api_backpressure: Annotated[int, msgspec.Meta(ge=0)] = 0
-    """Requests one Granian worker processes at once; 0 = 4 x its pool size (at least 32)."""
+    """Granian --backpressure (open connections per worker); 0 = max(1024, 4 x its pool size)."""
     api_graceful_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=300)] = 6.0
     """On shutdown, how long in-flight requests may take to finish before workers are killed."""
     redis_timeout_ms: Annotated[int, msgspec.Meta(ge=10, le=10_000)] = 250

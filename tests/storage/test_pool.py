@@ -34,7 +34,9 @@ def test_pool_size_splits_the_connection_budget():
     s = load_settings(environ={}, dotenv=None, db_max_connections=3, api_workers=8, arq_workers=1)
     assert api_pool_size(s) == 1  # never zero
     assert backpressure(msgspec.structs.replace(s, api_backpressure=7)) == 7
-    assert backpressure(load_settings(environ={}, dotenv=None, db_pool_max=20, api_workers=2)) == 80
+    assert backpressure(load_settings(environ={}, dotenv=None, db_pool_max=20, api_workers=2)) == 1024
+    assert backpressure(load_settings(environ={}, dotenv=None, db_pool_max=400, db_max_connections=900,
+                                      api_workers=2)) == 1600
 
 
 @pytest.fixture
