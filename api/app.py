@@ -23,6 +23,7 @@ from api.admin.controllers import TenantAdminController, TenantMembersController
 from api.admin.plans import PlanAdminController
 from api.auth import ApiKeyAuthMiddleware
 from api.chat.controllers import ChatController, ConversationController
+from api.chat.limits import limits_redis
 from api.chat.openai_facade import CompletionsController
 from api.chat.usage import UsageRecorder
 from api.collections.controllers import CollectionController
@@ -117,6 +118,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.embedder = make_embedder(settings)  # loads lazily, on the first query
         app.state.llm = make_llm_provider(settings)  # connects on the first chat
         app.state.chat_usage = UsageRecorder(app.state.pool)  # LLM tokens, written about once a second
+        app.state.chat_redis = limits_redis(settings.redis_url or "redis://127.0.0.1:6379/0")  # stream slots
         # Caches, rate limiter and their Redis client (short timeouts, degrades when Redis is down).
         serving = start_serving(settings, app.state.pool)
         app.state.serving = serving
@@ -129,6 +131,7 @@ def create_app(settings: Settings) -> Litestar:
             await serving.aclose()
             await app.state.llm.aclose()
             await app.state.chat_usage.aclose()
+            await app.state.chat_redis.aclose()
             await app.state.embedder.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()

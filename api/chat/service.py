@@ -35,7 +35,7 @@ _TITLE_CHARS = 80
 
 def stream_slots(state: Any, settings: Settings) -> StreamSlots:
     # A slot outlives any legitimate run (deadline + grace), then expires by itself.
-    return StreamSlots(state.redis, settings.chat_max_streams_per_tenant,
+    return StreamSlots(state.chat_redis, settings.chat_max_streams_per_tenant,
                        int(settings.agent_deadline_s) + _SLOT_GRACE_S)
 
 

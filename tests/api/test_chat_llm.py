@@ -39,7 +39,7 @@ async def _chat(capp, headers, message, **extra):
 
 
 async def _slots_in_use(capp, tenant_id) -> int:
-    return await StreamSlots(capp.app.state.redis, 1, 60).in_use(tenant_id)
+    return await StreamSlots(capp.app.state.chat_redis, 1, 60).in_use(tenant_id)
 
 
 async def test_tool_calls_then_an_answer_with_citations(settings, sim, make_tenant, run_jobs):
@@ -208,8 +208,8 @@ async def test_concurrent_streams_per_tenant_are_capped(settings, make_tenant):
         assert await _slots_in_use(capp, t.id) == 0
 
         # A slot a crashed worker left behind expires by itself.
-        slots = StreamSlots(capp.app.state.redis, 2, 60)
-        await capp.app.state.redis.zadd(slots.key(t.id), {"crashed-1": time.time() - 3600,
+        slots = StreamSlots(capp.app.state.chat_redis, 2, 60)
+        await capp.app.state.chat_redis.zadd(slots.key(t.id), {"crashed-1": time.time() - 3600,
                                                           "crashed-2": time.time() - 3600})
         assert (await _chat(capp, t.headers, "after a crash")).status_code == 200
 
