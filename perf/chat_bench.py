@@ -63,11 +63,14 @@ def log(message: str) -> None:
 
 
 async def _quarry_chat(http: Any, url: str, key: str, nonce: str, expected_tokens: int) -> dict[str, Any]:
+    """One streamed chat. Cheap on the client's CPU (substring checks, JSON only for `done`):
+    the load generator shares the machine with what it measures."""
     question = f"{nonce} {QUESTION}"
     record: dict[str, Any] = {"ok": False, "ttft": None, "error": None, "interleaved": False, "question": question}
-    tokens: list[str] = []
+    mine = f'"{nonce}:'.encode()
+    tokens = 0
     started = time.perf_counter()
-    event = ""
+    event = b""
     try:
         async with http.stream("POST", f"{url}/v1/chat", json={"message": question, "stream": True},
                                headers={"Authorization": f"Bearer {key}"}) as response:
@@ -76,19 +79,23 @@ async def _quarry_chat(http: Any, url: str, key: str, nonce: str, expected_token
                 await response.aread()
                 record["error"] = f"HTTP {response.status_code}"
                 return record
-            async for line in response.aiter_lines():
-                if line.startswith("event:"):
+            async for line in _lines(response):
+                if line.startswith(b"event:"):
                     event = line[6:].strip()
-                elif line.startswith("data:") and event == "token":
+                elif not line.startswith(b"data:"):
+                    continue
+                elif event == b"token":
                     if record["ttft"] is None:
                         record["ttft"] = time.perf_counter() - started
-                    tokens.append(json.loads(line[5:])["text"])
-                elif line.startswith("data:") and event == "error":
+                    tokens += 1
+                    if mine not in line:
+                        record["interleaved"] = True  # a token of another stream
+                elif event == b"error":
                     record["error"] = json.loads(line[5:])["code"]
-                elif line.startswith("data:") and event == "done":
+                elif event == b"done":
                     answer = json.loads(line[5:])["answer"]
                     expected = " ".join(f"{nonce}:{i}" for i in range(expected_tokens))
-                    record["interleaved"] = answer != expected or "".join(tokens) != expected
+                    record["interleaved"] |= answer != expected or tokens != expected_tokens
                     record["ok"] = True
     except Exception as exc:  # a dropped connection is a result here, not a crash
         record["error"] = type(exc).__name__
@@ -99,35 +106,47 @@ async def _quarry_chat(http: Any, url: str, key: str, nonce: str, expected_token
 
 
 async def _sim_chat(http: Any, url: str, nonce: str, expected_tokens: int) -> dict[str, Any]:
+    """The same request shape straight to the simulator, parsed as cheaply."""
     question = f"{nonce} {QUESTION}"
     record: dict[str, Any] = {"ok": False, "ttft": None, "error": None, "interleaved": False, "question": question}
-    parts: list[str] = []
+    mine = f'"{nonce}:'.encode()
+    tokens = 0
     started = time.perf_counter()
     body = {"model": "sim-llm", "stream": True, "messages": [{"role": "user", "content": question}]}
     try:
         async with http.stream("POST", f"{url}/chat/completions", json=body) as response:
             record["status"] = response.status_code
-            async for line in response.aiter_lines():
-                if not line.startswith("data:"):
+            async for line in _lines(response):
+                if not line.startswith(b"data:"):
                     continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    expected = " ".join(f"{nonce}:{i}" for i in range(expected_tokens))
-                    record["interleaved"] = "".join(parts) != expected
+                if line.startswith(b"data: [DONE]"):
+                    record["interleaved"] |= tokens != expected_tokens
                     record["ok"] = True
                     break
-                choices = json.loads(data).get("choices") or []
-                content = choices[0]["delta"].get("content") if choices else None
-                if content:
+                if b'"content": "' in line and b'"content": ""' not in line:
                     if record["ttft"] is None:
                         record["ttft"] = time.perf_counter() - started
-                    parts.append(content)
+                    tokens += 1
+                    if mine not in line:
+                        record["interleaved"] = True
     except Exception as exc:
         record["error"] = type(exc).__name__
     record["total"] = time.perf_counter() - started
     if not record["ok"] and record["error"] is None:
         record["error"] = "dropped (no [DONE])"
     return record
+
+
+async def _lines(response: Any) -> Any:
+    """Lines of a streamed body, as bytes (no text decoding)."""
+    pending = b""
+    async for chunk in response.aiter_raw():
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line
+    if pending:
+        yield pending
 
 
 async def _client(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -375,8 +394,8 @@ def markdown(report: dict[str, Any]) -> str:
         f"{cfg['ttft_ms']} ms at {cfg['tokens_per_s']} tokens/s, {cfg['tokens']} tokens per answer, "
         f"{cfg['duration_s']} s per phase, {cfg['client_procs']} client processes.", "",
         "| concurrent streams | target | chats/s | TTFT p50 | TTFT p95 | overhead p50 | overhead p95 | "
-        "overhead p99 | dropped | interleaved | errors | API CPU ms/chat |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "overhead p99 | dropped | interleaved | errors | API CPU ms/chat | machine CPU busy |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
         for target in ("reference", "quarry"):
@@ -385,7 +404,7 @@ def markdown(report: dict[str, Any]) -> str:
                 f"| {run['concurrency']} | {target} | {s['chats_per_s']} | {s['ttft_ms']['p50']} | "
                 f"{s['ttft_ms']['p95']} | {s['overhead_ms']['p50']} | {s['overhead_ms']['p95']} | "
                 f"{s['overhead_ms']['p99']} | {s['dropped']} | {s['interleaved']} | {s['errors'] or ''} | "
-                f"{s.get('api_cpu_ms_per_chat', '')} |")
+                f"{s.get('api_cpu_ms_per_chat', '')} | {s.get('machine_cpu_busy_pct', '')}% |")
     lines += ["", "Times in ms. `reference` streams straight from the simulator (its own lag and the clients');",
               "`quarry` streams `POST /v1/chat` through the platform. Overhead = TTFT - the simulated LLM's TTFT."]
     if report.get("disconnect_check"):
@@ -416,6 +435,8 @@ def main() -> None:
     p.add_argument("--disconnects", type=int, default=20, help="streams to hang up on after the first token")
     p.add_argument("--out", type=Path, help="also write chat-bench-<time>.json/.md here")
     args = p.parse_args()
+
+    import psutil
 
     with ExitStack() as stack:
         tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="chat-bench-")))
@@ -462,21 +483,27 @@ def main() -> None:
         runs = []
         for concurrency in args.concurrency:
             log(f"{concurrency} concurrent streams: reference (straight to the simulator)")
+            psutil.cpu_percent()
             ref, ref_wall = run_load("sim", sim_url, "", concurrency, args.client_procs, args.duration, args.tokens)
+            ref_busy = psutil.cpu_percent()
             log(f"{concurrency} concurrent streams: quarry")
             load = os.getloadavg()[0]
             api_cpu, sim_cpu = _cpu_seconds(api.pid), _cpu_seconds(sim.pid)
+            psutil.cpu_percent()
             quarry, wall = run_load("quarry", api_url, key, concurrency, args.client_procs, args.duration,
                                     args.tokens)
+            busy = psutil.cpu_percent()
             api_cpu, sim_cpu = _cpu_seconds(api.pid) - api_cpu, _cpu_seconds(sim.pid) - sim_cpu
             summary = summarise(quarry, wall, expected)
             chats = max(summary["completed"], 1)
             summary["api_cpu_ms_per_chat"] = round(api_cpu * 1000 / chats, 2)
             summary["api_cpu_cores_busy"] = round(api_cpu / wall, 2)
             summary["sim_cpu_cores_busy"] = round(sim_cpu / wall, 2)
-            runs.append({"concurrency": concurrency,
-                         "reference": summarise(ref, ref_wall, lambda _q: float(args.ttft_ms)),
-                         "quarry": summary, "loadavg_1m_before": round(load, 2)})
+            summary["machine_cpu_busy_pct"] = busy
+            reference = summarise(ref, ref_wall, lambda _q: float(args.ttft_ms))
+            reference["machine_cpu_busy_pct"] = ref_busy
+            runs.append({"concurrency": concurrency, "reference": reference, "quarry": summary,
+                         "loadavg_1m_before": round(load, 2)})
             log(json.dumps(runs[-1]["quarry"]))
 
         disconnects = asyncio.run(_disconnect_check(api_url, sim_url, key, args.disconnects)) \
