@@ -24,7 +24,7 @@ from core.errors import QuarryError
 from core.settings import Settings
 from rag.ingest import prepare_file
 from storage.blobs import BlobStore
-from storage.models import ChunkRow
+from storage.models import ChunkRow, Document
 from storage.repositories import chunks as chunk_repo
 from storage.repositories import documents
 from storage.tenancy import tenant_tx
@@ -85,19 +85,27 @@ async def _ingest(
         await _cleanup_blob(pool, blobs, tenant_id, document_id, content_hash)
         return {"status": "skipped", "reason": "document changed, deleted or already ready"}
     try:
+        # The collection's active embedder (a backfill may have switched it from the default).
+        async with tenant_tx(pool, tenant_id, readonly=True) as conn:
+            embedder = await ctx["embedders"].get(conn, await _active_embedder(conn, doc))
         prepared = await prepare_file(
             blobs.path_for(tenant_id, content_hash), fmt, tokenizer=ctx["tokenizer"],
             # The embedder's limit counts its special tokens ([CLS], [SEP]); the chunker does not.
-            embedder=ctx["embedder"], max_tokens=min(settings.chunk_tokens, ctx["embedder"].max_tokens - 2),
+            embedder=embedder, max_tokens=min(settings.chunk_tokens, embedder.max_tokens - 2),
             overlap_tokens=settings.chunk_overlap_tokens,
         )
         rows = [ChunkRow(ord=c.ord, text=c.text, heading=c.heading, page=c.page,
                          char_start=c.char_start, char_end=c.char_end, token_count=c.token_count)
                 for c in prepared.chunks]
         async with tenant_tx(pool, tenant_id) as conn:
+            # Checked under a key-share lock, which a backfill's switch (FOR UPDATE) waits for:
+            # chunks embedded by the embedder active when the job began must not land after a
+            # switch to another one (the retry embeds again with the new one).
+            if await _active_embedder(conn, doc, lock=True) != embedder.name:
+                raise QuarryError("the collection's embedder changed during ingestion; embedding again")
             written = await chunk_repo.replace_chunks(
                 conn, document_id=document_id, content_hash=content_hash, chunks=rows,
-                embeddings=prepared.embeddings, embedder=ctx["embedder"].name,
+                embeddings=prepared.embeddings, embedder=embedder.name,
                 title=doc.title or prepared.title or "", timings=prepared.timings_ms,
             )
     except FileNotFoundError:
@@ -116,6 +124,11 @@ async def _ingest(
     if not written:
         return {"status": "skipped", "reason": "document changed or deleted during ingestion"}
     return {"status": "ready", "chunks": len(rows), "timings_ms": prepared.timings_ms}
+
+
+async def _active_embedder(conn: Any, doc: Document, *, lock: bool = False) -> str:
+    sql = "SELECT active_embedder FROM collections WHERE id = $1" + (" FOR KEY SHARE" if lock else "")
+    return str(await conn.fetchval(sql, doc.collection_id))
 
 
 def _reason(exc: BaseException) -> str:

@@ -16,6 +16,7 @@ from api.app import app_database_url
 from core.settings import Settings
 from core.telemetry import instrument_jobs, setup_telemetry
 from jobs.ingest import INGEST_JOB, INGEST_TIMEOUT_S, ingest_document
+from pipelines.embedding import EmbedderResolver
 from rag.chunking import HFTokenizer
 from rag.embedders import make_embedder, tokenizer_path
 from storage.blobs import BlobStore
@@ -46,11 +47,15 @@ async def startup_resources(ctx: dict[str, Any], settings: Settings) -> None:
     ctx["settings"] = settings
     ctx["pool"] = await create_pool(app_database_url(settings), min_size=1, max_size=4)
     ctx["embedder"] = make_embedder(settings)
+    # Collections switched to another embedder by a backfill are embedded by that one.
+    ctx["embedders"] = EmbedderResolver(ctx["embedder"], settings)
     ctx["tokenizer"] = HFTokenizer.from_file(tokenizer_path())
     ctx["blobs"] = BlobStore.under(settings.data_path)
 
 
 async def shutdown_resources(ctx: dict[str, Any]) -> None:
+    if "embedders" in ctx:
+        await ctx["embedders"].aclose()
     if "embedder" in ctx:
         await ctx["embedder"].aclose()
     if "pool" in ctx:

@@ -29,6 +29,7 @@ from redis.asyncio import Redis
 from core.errors import Unavailable
 from jobs.ingest import INGEST_TIMEOUT_S, enqueue_ingest, ingest_document, ingest_job_id
 from jobs.limits import acquire_slot, release_slot
+from pipelines.embedding import EmbedderResolver
 from rag.parsing import FORMATS
 from storage.repositories import collections, documents
 from storage.tenancy import tenant_tx
@@ -114,6 +115,11 @@ def blob_exists(ctx, doc: Doc) -> bool:
     return ctx["blobs"].path_for(doc.tenant_id, doc.content_hash).exists()
 
 
+def with_embedder(ctx: dict[str, Any], embedder: Any) -> dict[str, Any]:
+    """The worker's resources with `embedder` standing in for the default (same name)."""
+    return dict(ctx, embedder=embedder, embedders=EmbedderResolver(embedder, ctx["settings"]))
+
+
 class BrokenEmbedder:
     """The real embedder's identity, but every call fails like a remote service that is down."""
 
@@ -167,7 +173,7 @@ async def test_missing_upload_fails_the_document(ctx, pool, tenant):
 
 async def test_transient_failure_retries_with_backoff_then_fails(ctx, pool, tenant, settings):
     doc = await add_document(pool, ctx["blobs"], *tenant, LONG_TEXT.encode(), "txt")
-    broken = dict(ctx, embedder=BrokenEmbedder(ctx["embedder"]))
+    broken = with_embedder(ctx, BrokenEmbedder(ctx["embedder"]))
     defers = []
     for attempt in range(1, settings.ingest_max_tries):
         with pytest.raises(Retry) as raised:
@@ -193,7 +199,7 @@ async def test_transient_failure_retries_with_backoff_then_fails(ctx, pool, tena
 async def test_retry_after_transient_failure_succeeds(ctx, pool, tenant):
     doc = await add_document(pool, ctx["blobs"], *tenant, LONG_TEXT.encode(), "txt")
     with pytest.raises(Retry):
-        await ingest_document(dict(ctx, embedder=BrokenEmbedder(ctx["embedder"])), *doc.args())
+        await ingest_document(with_embedder(ctx, BrokenEmbedder(ctx["embedder"])), *doc.args())
     result = await ingest_document(ctx, *doc.args())
     after = await state(pool, doc)
     assert result["status"] == "ready" and after["status"] == "ready" and after["error"] is None
@@ -233,7 +239,7 @@ async def test_content_replaced_during_the_job_is_not_written(ctx, pool, tenant)
                                               b"Completely new notes.", "txt", uri="notes.txt")
             return await ctx["embedder"].embed(texts)
 
-    result = await ingest_document(dict(ctx, embedder=ReplacingEmbedder()), *doc.args())
+    result = await ingest_document(with_embedder(ctx, ReplacingEmbedder()), *doc.args())
     assert result["status"] == "skipped"
     assert newer["doc"].id == doc.id and newer["doc"].content_hash != doc.content_hash
     after = await state(pool, doc)
