@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from litestar import Litestar
 from litestar.enums import ScopeType
@@ -34,8 +35,9 @@ from api.limits.middleware import rate_limit_middleware
 from api.me import MeController
 from api.metrics import METRICS_PATH, MetricsController, metrics_middleware, route_span_details
 from api.problems import exception_handlers
+from api.replicas import read_your_writes_middleware
 from api.search.controllers import SearchController
-from api.serving import api_pool_size, start_serving
+from api.serving import Serving, api_pool_size, start_serving
 from api.serving import exception_handlers as serving_exception_handlers
 from api.sources.controllers import SourceController
 from core.errors import QuarryError
@@ -46,6 +48,7 @@ from rag.embedders import make_embedder
 from rag.llm import make_llm_provider
 from storage.blobs import BlobStore
 from storage.db import create_pool
+from storage.replicas import ReplicaSet, WriteMarks, connect_replicas
 from storage.urls import with_credentials
 
 __all__ = ["app_factory", "create_app"]
@@ -56,6 +59,27 @@ def app_database_url(settings: Settings) -> str:
     if settings.database_url is None:
         raise QuarryError("DATABASE_URL is not set; start the platform with `quarry up`")
     return with_credentials(settings.database_url, settings.app_db_user, settings.app_db_password)
+
+
+def app_replica_urls(settings: Settings) -> list[str]:
+    """The application role's URLs of the read replicas (given like DATABASE_URL, with any role:
+    a physical standby has the same roles and row-level security as its primary)."""
+    return [with_credentials(url, settings.app_db_user, settings.app_db_password) for url in settings.replica_urls]
+
+
+async def _start_replicas(settings: Settings, primary: Any, serving: Serving) -> ReplicaSet | None:
+    """Read replicas with their health checks, or None without DATABASE_REPLICA_URLS."""
+    if not settings.replica_urls:
+        return None
+    max_lag_s = settings.replica_max_lag_ms / 1000
+    interval_s = settings.replica_check_interval_ms / 1000
+    # A tenant's last write must be remembered until every replica still in use has replayed it.
+    marks = WriteMarks(serving.guard, ttl_s=max_lag_s + 4 * interval_s + 10)
+    return await connect_replicas(
+        primary, app_replica_urls(settings), marks=marks, max_lag_s=max_lag_s, interval_s=interval_s,
+        max_size=api_pool_size(settings), statement_timeout_ms=settings.db_statement_timeout_ms,
+        acquire_timeout_s=settings.db_acquire_timeout_s, pgbouncer=settings.db_pgbouncer,
+    )
 
 
 _REQUEST_ID_KEY = "quarry.request_id"
@@ -125,9 +149,13 @@ def create_app(settings: Settings) -> Litestar:
         app.state.principals = serving.principals
         app.state.rate_limiter = serving.limiter
         app.state.search_cache = serving.search_cache
+        # Searches and listings read from replicas when DATABASE_REPLICA_URLS is set (api.deps.ReadPool).
+        app.state.replicas = await _start_replicas(settings, app.state.pool, serving)
         try:
             yield
         finally:
+            if app.state.replicas is not None:
+                await app.state.replicas.aclose()
             await serving.aclose()
             await app.state.llm.aclose()
             await app.state.chat_usage.aclose()
@@ -156,6 +184,7 @@ def create_app(settings: Settings) -> Litestar:
             metrics_middleware,  # outermost route middleware: also counts 401s and 429s
             DefineMiddleware(ApiKeyAuthMiddleware, exclude=[f"^{p}" for p in paths.PUBLIC]),
             rate_limit_middleware,  # after auth: limits are per key and per tenant
+            *([read_your_writes_middleware] if settings.replica_urls else []),
         ],
         request_max_body_size=settings.max_json_bytes,
         openapi_config=OpenAPIConfig(

@@ -17,7 +17,8 @@ from prometheus_client import Counter, Gauge, Histogram
 
 __all__ = [
     "CACHE_ERRORS", "CACHE_HITS", "CACHE_MISSES", "DB_POOL_IN_USE", "DB_POOL_SIZE", "DB_POOL_TIMEOUTS",
-    "DB_POOL_WAITING", "HTTP_IN_FLIGHT", "HTTP_REQUESTS", "HTTP_REQUEST_DURATION", "JOB_DURATION", "LLM_TOKENS",
+    "DB_POOL_WAITING", "DB_READS", "DB_REPLICA_HEALTHY", "DB_REPLICA_LAG", "HTTP_IN_FLIGHT", "HTTP_REQUESTS",
+    "HTTP_REQUEST_DURATION", "JOB_DURATION", "LLM_TOKENS",
     "RATE_LIMIT_REJECTIONS", "RATE_LIMIT_UNAVAILABLE",
 ]
 
@@ -43,6 +44,13 @@ DB_POOL_WAITING = Gauge("quarry_db_pool_waiting", "Requests waiting for a pool c
                         ["pool"], multiprocess_mode="livesum")
 DB_POOL_TIMEOUTS = Counter("quarry_db_pool_acquire_timeouts", "Pool acquisitions that timed out (answered 503)",
                            ["pool"])
+DB_READS = Counter("quarry_db_reads", "Searches and listings by the pool that served them (replicaN or primary)",
+                   ["pool"])
+DB_REPLICA_HEALTHY = Gauge("quarry_db_replica_healthy", "1 when a read replica is reachable and within the lag bound",
+                           ["replica"], multiprocess_mode="livemin")
+DB_REPLICA_LAG = Gauge("quarry_db_replica_lag_seconds",
+                       "How far a read replica is behind the primary, at most (in steps of the check interval)",
+                       ["replica"], multiprocess_mode="livemax")
 
 CACHE_HITS = Counter("quarry_cache_hits", "Cache hits by cache and tier (local = in-process, redis)",
                      ["cache", "tier"])

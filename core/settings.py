@@ -45,7 +45,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     database_url: str | None = None
     """Postgres URL of the owner/migration role. Unset: embedded Postgres under data_dir."""
     database_replica_urls: str = ""
-    """Comma-separated read-replica URLs (reserved for read routing)."""
+    """Comma-separated read-replica URLs (streaming standbys of DATABASE_URL, owner-role URLs like
+    it): searches and listings read from them (docs/serving.md, "Read replicas")."""
+    replica_max_lag_ms: Annotated[int, msgspec.Meta(ge=1)] = 2_000
+    """A replica further behind the primary than this is skipped until it catches up."""
+    replica_check_interval_ms: Annotated[int, msgspec.Meta(ge=10, le=60_000)] = 500
+    """How often each API process measures every replica's reachability and lag."""
     redis_url: str | None = None
     """Redis/Valkey URL. Unset: embedded Valkey under data_dir."""
     data_dir: str = ".data"
@@ -174,6 +179,12 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("must start with postgresql:// - at `$.database_url`")
         if self.redis_url is not None and not re.match(r"(redis|rediss|unix)://", self.redis_url):
             raise ValueError("must start with redis://, rediss:// or unix:// - at `$.redis_url`")
+        if any(not re.match(r"postgres(ql)?://", url) for url in self.replica_urls):
+            raise ValueError("each URL must start with postgresql:// - at `$.database_replica_urls`")
+        if self.replica_max_lag_ms <= self.replica_check_interval_ms:
+            # Lag is measured in steps of the check interval (storage.replicas), so a bound at or
+            # below it would skip a replica that is only one check behind.
+            raise ValueError("must exceed QUARRY_REPLICA_CHECK_INTERVAL_MS - at `$.replica_max_lag_ms`")
         if self.db_pool_min > self.db_pool_max:
             raise ValueError("must not exceed QUARRY_DB_POOL_MAX - at `$.db_pool_min`")
         if not re.fullmatch(r"\s*(\w+=\d+/\d+\s*(,\s*\w+=\d+/\d+\s*)*)?", self.rate_limits):

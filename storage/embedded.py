@@ -109,7 +109,13 @@ def _stop_process_group(proc: subprocess.Popen[bytes], first_signal: int, timeou
 class EmbeddedPostgres:
     """A PostgreSQL server with pgvector, data under `data_dir`, socket + 127.0.0.1 TCP."""
 
-    def __init__(self, data_dir: Path, port: int | None = None, max_connections: int = 300) -> None:
+    def __init__(
+        self, data_dir: Path, port: int | None = None, max_connections: int = 300,
+        standby_of: EmbeddedPostgres | None = None,
+    ) -> None:
+        """`standby_of`: on first start, copy that (running) server with pg_basebackup and run
+        as its hot standby, streaming its WAL (a read replica; tests, local experiments)."""
+        self.standby_of = standby_of
         self.bin = _pg_bin_dir()
         self.pgdata = Path(data_dir).resolve()
         self.port = free_port(port)
@@ -125,6 +131,11 @@ class EmbeddedPostgres:
             return self.pgdata
         digest = hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:12]
         return Path(tempfile.gettempdir()) / f"quarry-pg-{digest}"
+
+    @property
+    def slot_name(self) -> str:
+        """This standby's replication slot on its primary."""
+        return "standby_" + hashlib.sha256(str(self.pgdata).encode()).hexdigest()[:16]
 
     def url(self, database: str = "postgres", user: str = "postgres") -> str:
         """libpq/asyncpg URL over the Unix socket (fastest on one machine)."""
@@ -186,16 +197,28 @@ class EmbeddedPostgres:
 
     def start(self, timeout: float = 60) -> None:
         self._prepare()
-        if not (self.pgdata / "PG_VERSION").exists():
+        if not (self.pgdata / "PG_VERSION").exists() and self.standby_of is not None:
+            # -R writes standby.signal and primary_conninfo; -X stream carries the WAL written
+            # during the copy; -c fast does not wait for the primary's next checkpoint; -C -S: a
+            # replication slot, so the primary keeps the WAL a stopped standby still needs (drop
+            # it on the primary with pg_drop_replication_slot when the standby is gone for good).
+            primary = self.standby_of
+            self._run("pg_basebackup", "-D", str(self.pgdata), "-h", str(primary.socket_dir),
+                      "-p", str(primary.port), "-U", "postgres", "-R", "-X", "stream", "-c", "fast",
+                      "-C", "-S", self.slot_name)
+        elif not (self.pgdata / "PG_VERSION").exists():
             self._run("initdb", "-D", str(self.pgdata), "--auth=trust", "--encoding=UTF8",
                       "--locale=C", "-U", "postgres")
         self._stop_stale_server()
+        # A standby tells the primary which rows its queries still see, so vacuum there does
+        # not cancel them (recovery conflicts).
+        standby = ["-c", "hot_standby_feedback=on"] if self.standby_of is not None else []
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [str(self.bin / "postgres"), "-D", str(self.pgdata),
                  "-k", str(self.socket_dir), "-h", "127.0.0.1", "-p", str(self.port),
                  "-c", f"max_connections={self.max_connections}",
-                 "-c", "wal_level=replica", "-c", "max_wal_senders=5"],
+                 "-c", "wal_level=replica", "-c", "max_wal_senders=5", *standby],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 user=self.system_user, start_new_session=True,
                 preexec_fn=die_with_parent(signal.SIGINT),  # SIGINT = fast shutdown

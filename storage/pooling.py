@@ -23,7 +23,7 @@ from core.errors import Unavailable
 from core.metrics import DB_POOL_IN_USE, DB_POOL_SIZE, DB_POOL_TIMEOUTS, DB_POOL_WAITING
 from storage.tenancy import tenant_tx
 
-__all__ = ["CONNECTION_LOST", "QuarryPool", "run_read", "run_tenant_read"]
+__all__ = ["CONNECTION_LOST", "DatabaseUnreachable", "QuarryPool", "run_read", "run_tenant_read"]
 
 T = TypeVar("T")
 
@@ -48,8 +48,13 @@ _CANNOT_CONNECT: tuple[type[BaseException], ...] = (
 )
 
 
-def _unavailable(detail: str, retry_after_s: int) -> Unavailable:
-    exc = Unavailable(detail)
+class DatabaseUnreachable(Unavailable):
+    """The server could not be reached at all (not merely busy): a read routed to a replica
+    falls back to the primary on it (storage.replicas)."""
+
+
+def _unavailable(detail: str, retry_after_s: int, kind: type[Unavailable] = Unavailable) -> Unavailable:
+    exc = kind(detail)
     exc.headers["Retry-After"] = str(retry_after_s)
     return exc
 
@@ -74,7 +79,7 @@ class QuarryPool(asyncpg.Pool):  # type: ignore[misc]  # asyncpg ships no type i
             DB_POOL_TIMEOUTS.labels(self.metrics_name).inc()
             raise _unavailable("all database connections are busy; try again shortly", 1) from None
         except _CANNOT_CONNECT as exc:
-            raise _unavailable("the database is unavailable; try again shortly", 2) from exc
+            raise _unavailable("the database is unavailable; try again shortly", 2, DatabaseUnreachable) from exc
         finally:
             self.waiting -= 1
             waiting.dec()

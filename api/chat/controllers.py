@@ -28,7 +28,7 @@ from api.chat.schemas import (
 )
 from api.chat.service import start_chat
 from api.chat.session import ChatEventStream, ChatSession, SessionEvents, sse
-from api.deps import DbPool
+from api.deps import DbPool, ReadPool
 from api.pagination import decode_cursor, encode_cursor
 from core.errors import BadRequest, Unprocessable
 from storage.models import Principal
@@ -74,11 +74,11 @@ class ConversationController(Controller):
 
     @get(paths.CONVERSATIONS, operation_id="listConversations")
     async def list_conversations(
-        self, request: AnyRequest, pool: DbPool, limit: Limit = 50, cursor: Cursor = None
+        self, request: AnyRequest, read_pool: ReadPool, limit: Limit = 50, cursor: Cursor = None
     ) -> ConversationPage:
         """Conversations, newest first (keyset pagination)."""
         after = _decode_cursor(cursor) if cursor else None
-        async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
+        async with tenant_tx(read_pool, request.user.tenant_id, readonly=True) as conn:
             items = await conv_repo.list_conversations(conn, after, limit + 1)
         more = len(items) > limit
         items = items[:limit]

@@ -12,7 +12,7 @@ from litestar.params import FromPath, JSONBody, QueryParameter
 from api import paths
 from api.auth import require_role
 from api.collections.schemas import CollectionPage, CreateCollection, UpdateCollection
-from api.deps import DbPool
+from api.deps import DbPool, ReadPool
 from api.pagination import decode_cursor, encode_cursor
 from core.errors import BadRequest
 from storage.models import Collection, Principal
@@ -38,11 +38,11 @@ class CollectionController(Controller):
 
     @get(paths.COLLECTIONS, operation_id="listCollections")
     async def list_collections(
-        self, request: AnyRequest, pool: DbPool, limit: Limit = 50, cursor: Cursor = None
+        self, request: AnyRequest, read_pool: ReadPool, limit: Limit = 50, cursor: Cursor = None
     ) -> CollectionPage:
         """List collections by name (keyset pagination)."""
         after = _decode_name_cursor(cursor) if cursor else None
-        async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
+        async with tenant_tx(read_pool, request.user.tenant_id, readonly=True) as conn:
             items = await collections.list_collections(conn, after, limit + 1)
         more = len(items) > limit
         items = items[:limit]

@@ -16,7 +16,7 @@ from litestar.response import ServerSentEvent, ServerSentEventMessage
 
 from api import paths
 from api.auth import require_role
-from api.deps import DbPool
+from api.deps import DbPool, ReadPool
 from api.documents.schemas import AcceptedBatch, DocumentPage
 from api.documents.uploads import accept_json, accept_multipart
 from api.pagination import decode_cursor, encode_cursor
@@ -65,7 +65,7 @@ class DocumentController(Controller):
 
     @get(paths.DOCUMENTS, operation_id="listDocuments")
     async def list_documents(
-        self, request: AnyRequest, pool: DbPool, limit: Limit = 50,
+        self, request: AnyRequest, read_pool: ReadPool, limit: Limit = 50,
         cursor: Annotated[str | None, QueryParameter()] = None,
         collection_id: Annotated[UUID | None, QueryParameter()] = None,
         status: Annotated[DocumentStatus | None, QueryParameter()] = None,
@@ -74,7 +74,7 @@ class DocumentController(Controller):
         """List documents, oldest first (keyset pagination), filtered by collection, status, metadata."""
         after = _decode_document_cursor(cursor) if cursor else None
         meta = _decode_metadata(metadata) if metadata else None
-        async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
+        async with tenant_tx(read_pool, request.user.tenant_id, readonly=True) as conn:
             items = await documents.list_documents(conn, collection_id=collection_id, status=status,
                                                    metadata=meta, after=after, limit=limit + 1)
         more = len(items) > limit

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from litestar import Controller, Response, get
+from litestar import Controller, Request, Response, get
 
 from api import paths
 from api.deps import DbPool, RedisClient
@@ -42,12 +42,19 @@ class HealthController(Controller):
         return {"status": "ok"}
 
     @get(paths.READYZ, operation_id="readyz")
-    async def readyz(self, pool: DbPool, redis: RedisClient) -> Response[dict[str, Any]]:
+    async def readyz(
+        self, pool: DbPool, redis: RedisClient, request: Request[Any, Any, Any]
+    ) -> Response[dict[str, Any]]:
         """Readiness: 200 "ready" when Postgres and Redis answer; 200 "degraded" when only Redis
         is down (searches and reads go on without cache, rate limits follow their fail mode, uploads
-        cannot be queued), so a load balancer keeps the instance; 503 when Postgres is down."""
+        cannot be queued), so a load balancer keeps the instance; 503 when Postgres is down.
+        Read replicas never change the status (a replica that is down or lagging is skipped);
+        their last check is reported under `replicas`."""
         pg, rd = await asyncio.gather(_check_postgres(pool), _check_redis(redis))
-        checks = {"postgres": pg, "redis": rd}
+        checks: dict[str, Any] = {"postgres": pg, "redis": rd}
+        replicas = getattr(request.app.state, "replicas", None)
+        if replicas is not None:
+            checks["replicas"] = replicas.status()
         if pg == "ok" and rd == "ok":
             return Response({"status": "ready", "checks": checks})
         if pg == "ok":

@@ -13,7 +13,7 @@ from litestar.datastructures import State
 from litestar.params import JSONBody
 
 from api import paths
-from api.deps import DbPool
+from api.deps import ReadPool
 from api.pagination import decode_cursor, encode_cursor
 from api.search.schemas import SearchRequest, SearchResponse
 from core.errors import BadRequest, Unprocessable
@@ -38,7 +38,7 @@ class SearchController(Controller):
 
     @post(paths.SEARCH, operation_id="search", status_code=200)
     async def search(
-        self, data: JSONBody[SearchRequest], request: AnyRequest, pool: DbPool
+        self, data: JSONBody[SearchRequest], request: AnyRequest, read_pool: ReadPool
     ) -> Response[SearchResponse]:
         """Search the tenant's documents; `next_cursor` pages through further hits.
         `X-Cache: hit` marks a result served from the cache (any content change misses it)."""
@@ -61,13 +61,13 @@ class SearchController(Controller):
         cache_key = None
         if cache is not None and cache.result_ttl_s > 0:
             params = [embedder.name, query, data.collections, data.filter, data.k, data.mode, offset]
-            cache_key = await cache.result_key(tenant_id, data.collections, msgspec.json.encode(params))
+            cache_key = await cache.result_key(tenant_id, data.collections, msgspec.json.encode(params), pool=read_pool)
             cached = await cache.get_result(cache_key)
             if cached is not None:
                 return _response(cached.hits, cached.next_cursor, data.mode, started, "hit")
         vector = None if data.mode == "keyword" else await _query_vector(embedder, query, cache)
         hits = await run_tenant_read(
-            pool, tenant_id, lambda conn: search_chunks(
+            read_pool, tenant_id, lambda conn: search_chunks(
                 conn, query_text=query, query_vector=vector, embedder=embedder.name, dim=embedder.dim,
                 mode=data.mode, collection_ids=data.collections,
                 metadata=data.filter.metadata if data.filter else None,

@@ -18,7 +18,7 @@ from litestar.status_codes import HTTP_202_ACCEPTED
 
 from api import paths
 from api.auth import require_role
-from api.deps import AppSettings, DbPool
+from api.deps import AppSettings, DbPool, ReadPool
 from api.pagination import decode_cursor, encode_cursor
 from core.errors import BadRequest, Conflict, NotFound
 from storage.models import Principal
@@ -53,12 +53,12 @@ class SourceController(Controller):
 
     @get(paths.SOURCES, operation_id="listSources")
     async def list_sources(
-        self, request: AnyRequest, pool: DbPool, limit: Limit = 50, cursor: Cursor = None,
+        self, request: AnyRequest, read_pool: ReadPool, limit: Limit = 50, cursor: Cursor = None,
         collection_id: Annotated[UUID | None, QueryParameter(description="only this collection's")] = None,
     ) -> SourcePage:
         """List sources by name, each with its latest run."""
         after = _name_cursor(cursor) if cursor else None
-        async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
+        async with tenant_tx(read_pool, request.user.tenant_id, readonly=True) as conn:
             items = await sources.list_sources(conn, collection_id=collection_id, after=after, limit=limit + 1)
             more = len(items) > limit
             items = items[:limit]
@@ -127,11 +127,12 @@ class SourceController(Controller):
 
     @get(paths.SOURCE_RUNS, operation_id="listSourceRuns")
     async def list_runs(
-        self, source_id: FromPath[UUID], request: AnyRequest, pool: DbPool, limit: Limit = 20, cursor: Cursor = None,
+        self, source_id: FromPath[UUID], request: AnyRequest, read_pool: ReadPool, limit: Limit = 20,
+        cursor: Cursor = None,
     ) -> SyncRunPage:
         """Sync runs of a source, newest first: status, counts, errors, duration."""
         before = _run_cursor(cursor) if cursor else None
-        async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
+        async with tenant_tx(read_pool, request.user.tenant_id, readonly=True) as conn:
             await sources.get_source(conn, source_id)
             items = await sync_runs.list_runs(conn, source_id, before=before, limit=limit + 1)
         more = len(items) > limit

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from typing import Any
 from uuid import UUID
 
 import asyncpg
@@ -44,11 +45,17 @@ class SearchCache:
         self._decoder = msgspec.msgpack.Decoder(CachedSearch)
 
     # --- results -------------------------------------------------------------------
-    async def result_key(self, tenant_id: UUID, collection_ids: Sequence[UUID] | None, fingerprint: bytes) -> str:
-        """The cache key of one search; reads the collection versions (one round trip)."""
+    async def result_key(
+        self, tenant_id: UUID, collection_ids: Sequence[UUID] | None, fingerprint: bytes, *, pool: Any = None
+    ) -> str:
+        """The cache key of one search; reads the collection versions (one round trip). `pool`:
+        the one the search itself reads from (a read replica): versions and results must come
+        from the same server, or a lagging replica's older results would be cached under the
+        primary's newer versions."""
         ids = list(collection_ids) if collection_ids is not None else None
         versions = await run_read(
-            self.pool, lambda conn: conn.fetchval("SELECT quarry_collection_versions($1, $2)", tenant_id, ids))
+            pool if pool is not None else self.pool,
+            lambda conn: conn.fetchval("SELECT quarry_collection_versions($1, $2)", tenant_id, ids))
         digest = hashlib.sha256(str(versions).encode() + b"\0" + fingerprint).hexdigest()
         return f"quarry:search:{tenant_id}:{digest}"
 
