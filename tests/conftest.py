@@ -151,3 +151,24 @@ def run_jobs(settings: Settings, worker_ctx: dict) -> Callable[[], Awaitable[Non
     from tests.ingest_helpers import run_jobs as _run
 
     return lambda: _run(settings, worker_ctx)
+
+
+@pytest.fixture(scope="session")
+def replica_server(
+    servers: Servers, admin_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[EmbeddedPostgres]:
+    """A streaming read replica of the session's Postgres: a second embedded server copied with
+    pg_basebackup (hot standby). Made only for the tests that ask for it (~1-2 s); tests that stop
+    it or pause its replay restore it before they end."""
+    standby = EmbeddedPostgres(tmp_path_factory.mktemp("replica") / "pg", standby_of=servers.postgres)
+    standby.start()
+    try:
+        yield standby
+    finally:
+        standby.stop()
+
+
+@pytest.fixture(scope="session")
+def replica_admin_url(replica_server: EmbeddedPostgres) -> str:
+    """Superuser URL of the test database on the replica (to pause and resume its replay)."""
+    return with_database(replica_server.url(), TEST_DB)
