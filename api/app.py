@@ -44,6 +44,7 @@ from core.errors import QuarryError
 from core.logs import configure_logging, request_id_var
 from core.settings import Settings, load_settings
 from core.telemetry import TracingArqRedis, setup_telemetry
+from pipelines.embedding import EmbedderResolver
 from rag.embedders import make_embedder
 from rag.llm import make_llm_provider
 from storage.blobs import BlobStore
@@ -140,6 +141,8 @@ def create_app(settings: Settings) -> Litestar:
         app.state.settings = settings
         app.state.blobs = BlobStore.under(settings.data_path)
         app.state.embedder = make_embedder(settings)  # loads lazily, on the first query
+        # Collections a backfill switched to another embedder are searched with that one.
+        app.state.embedders = EmbedderResolver(app.state.embedder, settings)
         app.state.llm = make_llm_provider(settings)  # connects on the first chat
         app.state.chat_usage = UsageRecorder(app.state.pool)  # LLM tokens, written about once a second
         app.state.chat_redis = limits_redis(settings.redis_url or "redis://127.0.0.1:6379/0")  # stream slots
@@ -160,6 +163,7 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.llm.aclose()
             await app.state.chat_usage.aclose()
             await app.state.chat_redis.aclose()
+            await app.state.embedders.aclose()
             await app.state.embedder.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()

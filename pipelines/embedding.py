@@ -46,6 +46,7 @@ class EmbedderResolver:
 
     def __init__(self, default: Embedder, settings: Settings, extra: list[Embedder] | None = None) -> None:
         self.settings = settings
+        self.default = default
         self._by_name: dict[str, Embedder] = {default.name: default}
         self._owned: list[Embedder] = []
         for embedder in extra or []:

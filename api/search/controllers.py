@@ -16,11 +16,10 @@ from api import paths
 from api.deps import ReadPool
 from api.pagination import decode_cursor, encode_cursor
 from api.search.schemas import SearchRequest, SearchResponse
+from api.search.scope import EmbedderGroup, embedder_groups, search_scope
 from core.errors import BadRequest, Unprocessable
 from storage.caches.search import CachedSearch, SearchCache
 from storage.models import Principal, SearchHit
-from storage.pooling import run_tenant_read
-from storage.repositories.search import SEARCH_SETTINGS, search_chunks
 
 AnyRequest = Request[Principal, UUID, State]
 MAX_OFFSET = 500
@@ -65,14 +64,14 @@ class SearchController(Controller):
             cached = await cache.get_result(cache_key)
             if cached is not None:
                 return _response(cached.hits, cached.next_cursor, data.mode, started, "hit")
-        vector = None if data.mode == "keyword" else await _query_vector(embedder, query, cache)
-        hits = await run_tenant_read(
-            read_pool, tenant_id, lambda conn: search_chunks(
-                conn, query_text=query, query_vector=vector, embedder=embedder.name, dim=embedder.dim,
-                mode=data.mode, collection_ids=data.collections,
-                metadata=data.filter.metadata if data.filter else None,
-                k=data.k + 1, offset=offset, candidates=max(MIN_CANDIDATES, offset + data.k + 1),
-            ), local_settings=SEARCH_SETTINGS,
+        groups = (
+            [EmbedderGroup(embedder, data.collections)] if data.mode == "keyword"  # no embedder involved
+            else await embedder_groups(read_pool, tenant_id, data.collections, request.app.state.embedders)
+        )
+        hits = await search_scope(
+            read_pool, tenant_id, groups, lambda e: _query_vector(e, query, cache), query=query, mode=data.mode,
+            metadata=data.filter.metadata if data.filter else None,
+            k=data.k + 1, offset=offset, candidates=max(MIN_CANDIDATES, offset + data.k + 1),
         )
         more = len(hits) > data.k and offset + data.k < MAX_OFFSET
         hits = hits[: data.k]

@@ -149,7 +149,8 @@ def _sql(mode: SearchMode, dim: int, with_metadata: bool) -> str:
     meta_c = "JOIN documents md ON md.id = c.document_id"
     doc_filter = "AND md.metadata @> $8::jsonb" if with_metadata else ""
     parts = [
-        _VECTOR_CTE.format(dim=int(dim), exact_max=EXACT_VECTOR_MAX_ROWS, doc_join=meta_e if with_metadata else "", doc_filter=doc_filter)
+        _VECTOR_CTE.format(dim=int(dim), exact_max=EXACT_VECTOR_MAX_ROWS, doc_join=meta_e if with_metadata else "",
+                           doc_filter=doc_filter)
         if mode != "keyword" else _EMPTY["vec"],
         _keyword_cte(meta_c if with_metadata else "", doc_filter)
         if mode != "vector" else _EMPTY["kw"],

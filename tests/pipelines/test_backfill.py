@@ -4,6 +4,7 @@ side by side, search answering during and after, atomic switch, index built, res
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 import msgspec
 import pytest
@@ -17,6 +18,7 @@ from rag.embedders import OpenAIEmbedder
 from storage.repositories import embedders as embedder_repo
 from storage.repositories.search import SEARCH_SETTINGS, search_chunks
 from storage.tenancy import tenant_tx
+from tests.ingest_helpers import run_jobs, upload_text
 from tests.rag.fake_openai import FakeOpenAI
 
 TOPICS = ["granite quarries in Cornwall", "basalt columns on the coast", "chalk cliffs and fossils",
@@ -150,3 +152,51 @@ async def test_sync_after_switch_uses_the_active_embedder(synced, pool, admin_ur
                 source.id)}
         assert embedders == {"openai:fake-64": 64}
         await new.aclose()
+
+
+async def test_uploads_and_api_search_after_switch_use_the_active_embedder(synced, pool, settings, admin_url,
+                                                                          worker_ctx):
+    tenant, source = synced
+    collection_id = source.collection_id
+    with FakeOpenAI(dim=64) as fake:
+        new = _fake_embedder(fake)
+        await backfill_collection(pool, admin_url, tenant_id=tenant.id, collection_id=collection_id,
+                                  embedder=new, spec=spec_of(new, base_url=fake.base_url), batch_size=8)
+        async with tenant_tx(pool, tenant.id) as conn:  # only the new embedder's rows are left
+            assert await embedder_repo.drop_embeddings(conn, collection_id, "minilm-l6-v2") > 0
+        other = await new_collection_direct(pool, tenant.id, "still-default")
+        fake.requests.clear()
+        async with AsyncTestClient(app=create_app(settings)) as api:
+            # An upload into the switched collection is embedded by the active embedder.
+            doc = await upload_text(api, tenant.headers, collection_id, "Pumice is a light volcanic rock that floats.")
+            await upload_text(api, tenant.headers, other, "Granite kitchen counters resist heat.")
+            await run_jobs(settings, worker_ctx)
+            async with tenant_tx(pool, tenant.id, readonly=True) as conn:
+                rows = await conn.fetch("""SELECT e.embedder, e.dim FROM embeddings e JOIN chunks c ON c.id = e.chunk_id
+                                           WHERE c.document_id = $1""", uuid.UUID(doc["document_id"]))
+            assert {(r["embedder"], r["dim"]) for r in rows} == {("openai:fake-64", 64)}
+
+            # The query is embedded by the collection's embedder and matched against its rows.
+            before = len(fake.requests)
+            r = await api.post("/v1/search", json={"query": "basalt columns on the coast", "mode": "vector",
+                                                  "collections": [str(collection_id)]}, headers=tenant.headers)
+            assert r.status_code == 200, r.text
+            assert "basalt" in r.json()["hits"][0]["text"].lower()
+            assert [q.json()["input"] for q in fake.requests[before:]] == [["basalt columns on the coast"]]
+
+            # A tenant-wide search spans both embedders: each collection answers with its own.
+            r = await api.post("/v1/search", json={"query": "volcanic rock that floats", "k": 20},
+                               headers=tenant.headers)
+            assert r.status_code == 200, r.text
+            hits = r.json()["hits"]
+            assert {h["collection_id"] for h in hits} == {str(collection_id), other}
+            assert "pumice" in hits[0]["text"].lower()
+            scores = [h["score"] for h in hits]
+            assert scores == sorted(scores, reverse=True)
+        await new.aclose()
+
+
+async def new_collection_direct(pool, tenant_id, name: str) -> str:
+    async with tenant_tx(pool, tenant_id) as conn:
+        return str(await conn.fetchval(
+            "INSERT INTO collections (tenant_id, name) VALUES ($1, $2) RETURNING id", tenant_id, name))
