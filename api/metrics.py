@@ -26,6 +26,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from core.errors import Unauthorized
 from core.metrics import HTTP_IN_FLIGHT, HTTP_REQUEST_DURATION, HTTP_REQUESTS
 from storage.caches.guard import RedisUnavailable
+from storage.pooling import sample_all_pools
 
 __all__ = ["METRICS_PATH", "MetricsController", "metrics_middleware", "route_span_details"]
 
@@ -111,6 +112,7 @@ class MetricsController(Controller):
                 exc = Unauthorized("/metrics needs 'Authorization: Bearer <QUARRY_METRICS_TOKEN>'")
                 exc.headers["WWW-Authenticate"] = 'Bearer realm="metrics"'
                 raise exc
+        sample_all_pools()
         if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
             registry = CollectorRegistry()
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]

@@ -85,7 +85,8 @@ def start_serving(settings: Settings, pool: asyncpg.Pool) -> Serving:
     limiter = RateLimiter(guard, policy, fail_mode=settings.rate_limit_fail_mode,
                           enabled=settings.rate_limit_enabled)
     search_cache = SearchCache(pool, guard, result_ttl_s=settings.search_cache_ttl_s,
-                               embedding_ttl_s=settings.embedding_cache_ttl_s)
+                               embedding_ttl_s=settings.embedding_cache_ttl_s,
+                               local_entries=settings.search_cache_local_entries)
     bus.start()
     return Serving(redis, bus_redis, guard, bus, principals, policy, limiter, search_cache)
 

@@ -160,6 +160,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     principal_cache_redis_ttl_s: Annotated[int, msgspec.Meta(ge=0, le=86_400)] = 60
     search_cache_ttl_s: Annotated[int, msgspec.Meta(ge=0)] = 300
     """Search-result cache TTL (0 = off); a content change invalidates at once regardless."""
+    search_cache_local_entries: Annotated[int, msgspec.Meta(ge=0, le=1_000_000)] = 2000
+    """Search results also kept in each API process (LRU, 0 = Redis only): a hit then needs no
+    Redis round trip. Keys carry the collection versions, so a local entry is never stale."""
     embedding_cache_ttl_s: Annotated[int, msgspec.Meta(ge=0)] = 86_400
     """Query-embedding cache TTL (0 = off)."""
     rate_limit_enabled: bool = True

@@ -7,6 +7,10 @@ delete), so a change makes every older entry unreachable at once (O(1) invalidat
 stale entries simply expire. A search of all collections keys on all of them, so adding or
 deleting a collection also changes the key.
 
+Results have two tiers: an in-process LRU (`local_entries`, same TTL) in front of Redis. A
+local hit skips the Redis round trip; it can never be stale because the key carries the
+versions, which are read from Postgres on every request.
+
 Query embeddings are keyed by embedder name + sha256 of the text and stored as raw float32.
 """
 
@@ -24,6 +28,7 @@ import numpy.typing as npt
 
 from core.metrics import CACHE_ERRORS, CACHE_HITS, CACHE_MISSES
 from storage.caches.guard import RedisGuard, RedisUnavailable
+from storage.caches.local import MISSING, LocalTTLCache
 from storage.models import SearchHit
 from storage.pooling import run_read
 
@@ -36,8 +41,10 @@ class CachedSearch(msgspec.Struct, array_like=True):
 
 
 class SearchCache:
-    def __init__(self, pool: asyncpg.Pool, guard: RedisGuard, *, result_ttl_s: int, embedding_ttl_s: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, guard: RedisGuard, *, result_ttl_s: int, embedding_ttl_s: int,
+                 local_entries: int = 0) -> None:
         self.pool = pool
+        self.local: LocalTTLCache[str, CachedSearch] = LocalTTLCache(local_entries, result_ttl_s)
         self.guard = guard
         self.result_ttl_s = result_ttl_s
         self.embedding_ttl_s = embedding_ttl_s
@@ -60,6 +67,10 @@ class SearchCache:
         return f"quarry:search:{tenant_id}:{digest}"
 
     async def get_result(self, key: str) -> CachedSearch | None:
+        local = self.local.get(key)
+        if local is not MISSING:
+            CACHE_HITS.labels("search", "local").inc()
+            return local  # type: ignore[return-value]  # not MISSING: a CachedSearch
         try:
             raw = await self.guard.call(lambda r: r.get(key))
         except RedisUnavailable:
@@ -72,11 +83,13 @@ class SearchCache:
                 found = None
             if found is not None:
                 CACHE_HITS.labels("search", "redis").inc()
+                self.local.set(key, found)
                 return found
         CACHE_MISSES.labels("search").inc()
         return None
 
     async def put_result(self, key: str, value: CachedSearch) -> None:
+        self.local.set(key, value)
         try:
             await self.guard.call(lambda r: r.set(key, self._encoder.encode(value), ex=self.result_ttl_s))
         except RedisUnavailable:

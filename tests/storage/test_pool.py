@@ -157,3 +157,20 @@ async def test_pgbouncer_mode_disables_the_statement_cache(settings, app_client,
         assert (await client.get("/v1/collections", headers=tenant.headers)).status_code == 200
         assert (await client.post("/v1/search", json={"query": "anything", "mode": "keyword"},
                                   headers=tenant.headers)).status_code == 200
+
+
+async def test_released_connections_carry_no_transaction_or_tenant(settings):
+    # Release skips asyncpg's reset query (storage.db._keep_session); what must still hold: a
+    # transaction left open is rolled back and a tenant setting does not reach the next user.
+    pool = await create_pool(app_database_url(settings), min_size=1, max_size=1)
+    try:
+        conn = await pool.acquire()
+        await conn.execute("BEGIN")
+        await conn.execute("SELECT set_config('app.tenant_id', $1, true)", "00000000-0000-0000-0000-000000000001")
+        await pool.release(conn)  # released inside the transaction
+        async with pool.acquire() as again:
+            assert again.is_in_transaction() is False
+            assert await again.fetchval("SELECT current_setting('app.tenant_id', true)") in (None, "")
+            assert await again.fetchval("SHOW statement_timeout") != "0"  # the pool's own setting stays
+    finally:
+        await pool.close()
