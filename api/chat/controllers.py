@@ -2,7 +2,8 @@
 
 `stream: true` answers with Server-Sent Events: `step`, `tool_call`, `tool_result`, `token`,
 `citation`, then `done` (the stored message, usage, latency) or `error`; `stream: false`
-answers with the same `done` payload as one JSON body.
+answers with the same `done` payload as one JSON body. Either way a client that hangs up
+cancels the agent and its LLM call at once.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from api.chat.schemas import (
 from api.chat.service import start_chat
 from api.chat.session import ChatEventStream, ChatSession, SessionEvents, sse
 from api.deps import DbPool, ReadPool
+from api.disconnects import unless_disconnected
 from api.pagination import decode_cursor, encode_cursor
 from core.errors import BadRequest, Unprocessable
 from storage.models import Principal
@@ -50,10 +52,10 @@ def native_events(item: Any) -> list[bytes]:
     return [sse(_json.encode(item), str(event))]
 
 
-async def respond(session: ChatSession, stream: bool) -> Response[Any]:
+async def respond(request: AnyRequest, session: ChatSession, stream: bool) -> Response[Any]:
     if stream:
         return ChatEventStream(SessionEvents(session, native_events))
-    return Response(await session.result())
+    return Response(await unless_disconnected(request.receive, session.result()))
 
 
 class ConversationController(Controller):
@@ -112,7 +114,7 @@ class ConversationController(Controller):
         question = _question(data.content)
         session = await start_chat(request.app.state, pool, request.user.tenant_id, question=question,
                                    collections=data.collections, conversation_id=conversation_id)
-        return await respond(session, data.stream)
+        return await respond(request, session, data.stream)
 
 
 class ChatController(Controller):
@@ -125,7 +127,7 @@ class ChatController(Controller):
         history = [(m.role, m.content) for m in data.history]
         session = await start_chat(request.app.state, pool, request.user.tenant_id, question=question,
                                    history=history, collections=data.collections)
-        return await respond(session, data.stream)
+        return await respond(request, session, data.stream)
 
 
 def _question(text: str) -> str:

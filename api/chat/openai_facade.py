@@ -24,6 +24,7 @@ from api.chat.schemas import ChatAnswer, ChatCompletionRequest, ModelCard, Model
 from api.chat.service import start_chat
 from api.chat.session import ChatEventStream, SessionEvents, sse
 from api.deps import DbPool
+from api.disconnects import unless_disconnected
 from core.errors import NotFound, Unprocessable
 from rag.agent import ErrorEvent, TokenEvent
 from storage.models import Principal
@@ -57,7 +58,7 @@ class CompletionsController(Controller):
             encoder = _ChunkEncoder(completion_id, created, data.model, include_usage)
             events = SessionEvents(session, encoder, end=[sse(b"[DONE]")])
             return ChatEventStream(events)
-        answer = await session.result()
+        answer = await unless_disconnected(request.receive, session.result())
         return Response({
             "id": completion_id, "object": "chat.completion", "created": created, "model": data.model,
             "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.answer},

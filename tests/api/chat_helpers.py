@@ -131,12 +131,13 @@ class RawExchange:
 
 
 async def drive_asgi(app: Litestar, method: str, path: str, headers: dict[str, str], body: Any,
-                     hang_up_when: Callable[[bytes], bool], within_s: float = 20.0) -> RawExchange:
+                     hang_up_when: Callable[[bytes], bool] = lambda body: False, within_s: float = 20.0,
+                     hang_up: asyncio.Event | None = None) -> RawExchange:
     """Call the ASGI app like a server would, and send `http.disconnect` (the client hangs up) as
-    soon as `hang_up_when(body so far)` is true."""
+    soon as `hang_up_when(body so far)` is true, or when the test sets `hang_up`."""
     payload = msgspec.json.encode(body)
     exchange = RawExchange()
-    hang_up = asyncio.Event()
+    hang_up = hang_up or asyncio.Event()
     sent_request = False
 
     async def receive() -> dict[str, Any]:

@@ -182,6 +182,37 @@ async def test_disconnect_cancels_the_agent_and_the_llm_call(settings, make_tena
         assert app_pool.get_idle_size() == app_pool.get_size()  # no connection held by the dead chat
 
 
+@pytest.mark.parametrize("facade", [False, True], ids=["sendMessage", "chat-completions"])
+async def test_disconnect_cancels_a_non_streaming_chat(settings, make_tenant, facade):
+    """`stream: false`: the client hangs up while the LLM is still thinking (time to first token
+    30 s): the agent and the LLM call are cancelled at once, the connection goes back to the pool."""
+    async with SimLLM(ttft_ms=30_000, tokens_per_s=100, tokens=10) as slow, \
+            chat_app(llm_settings(settings, slow, llm_read_timeout_s=60.0)) as capp:
+        t = await make_tenant()
+        if facade:
+            path, body = "/v1/chat/completions", {"model": "quarry", "messages": [{"role": "user", "content": "Hi?"}]}
+        else:
+            conv = (await capp.post("/v1/conversations", json={}, headers=t.headers)).json()["id"]
+            path, body = f"/v1/conversations/{conv}/messages", {"content": "Tell me everything.", "stream": False}
+        app_pool = capp.app.state.pool
+        hang_up = asyncio.Event()
+        call = asyncio.create_task(drive_asgi(capp.app, "POST", path, t.headers, body, hang_up=hang_up))
+        await slow.wait_for(lambda: slow.chat_requests, within_s=5)  # the LLM is thinking
+        hung_up = time.perf_counter()
+        hang_up.set()
+        exchange = await call
+        assert time.perf_counter() - hung_up < 5
+        assert exchange.status == 499  # nobody reads it: what the metrics and logs show
+        await slow.wait_for(lambda: slow.cancelled, within_s=2)
+        (request,) = slow.chat_requests
+        assert request.outcome == "cancelled" and request.tokens_sent == 0
+        if not facade:
+            stored = (await capp.get(f"/v1/conversations/{conv}", headers=t.headers)).json()["messages"]
+            assert [(m["role"], m["status"]) for m in stored] == [("user", "complete"), ("assistant", "cancelled")]
+        assert await _slots_in_use(capp, t.id) == 0
+        assert app_pool.get_idle_size() == app_pool.get_size()  # no connection held by the dead chat
+
+
 async def test_concurrent_streams_per_tenant_are_capped(settings, make_tenant):
     async with SimLLM(ttft_ms=10, tokens_per_s=1000, tokens=5) as slow, \
             chat_app(llm_settings(settings, slow, chat_max_streams_per_tenant=2)) as capp:
