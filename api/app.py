@@ -39,6 +39,7 @@ from api.replicas import read_your_writes_middleware
 from api.search.controllers import SearchController
 from api.serving import Serving, api_pool_size, start_serving
 from api.serving import exception_handlers as serving_exception_handlers
+from api.shutdown import shutdown_lifespan
 from api.sources.controllers import SourceController
 from core.errors import QuarryError
 from core.logs import configure_logging, request_id_var
@@ -179,7 +180,7 @@ def create_app(settings: Settings) -> Litestar:
             ConversationController, ChatController, CompletionsController,
             SourceController, PlanAdminController, MetricsController,
         ],
-        lifespan=[lifespan],
+        lifespan=[lifespan, shutdown_lifespan],  # the shutdown's start ends open streams (api/shutdown.py)
         dependencies=dependencies,
         exception_handlers={**exception_handlers, **serving_exception_handlers},
         before_send=[_send_request_id],

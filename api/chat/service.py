@@ -20,6 +20,7 @@ from api.chat.limits import StreamSlots, remaining_budget
 from api.chat.session import ChatSession
 from api.chat.tools import TenantToolbox
 from api.chat.usage import UsageRecorder
+from api.shutdown import shutdown_of
 from core.errors import Unprocessable
 from core.settings import Settings
 from rag.agent import Agent, AgentLimits, strip_citations
@@ -78,7 +79,8 @@ async def start_chat(
     agent = Agent(state.llm, TenantToolbox(pool, tenant_id, state.embedder, scope), limits, instructions=instructions)
     run = agent.start(question, history_messages(history))
     return ChatSession(run=run, pool=pool, tenant_id=tenant_id, slots=slots, slot_token=token, usage=usage,
-                       conversation_id=conversation_id, started=started, model=state.llm.model).start()
+                       conversation_id=conversation_id, started=started, model=state.llm.model,
+                       shutdown=shutdown_of(state)).start()
 
 
 async def _prepare(

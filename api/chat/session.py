@@ -6,7 +6,9 @@ up, closing the response cancels the task at once — the LLM request is closed 
 no DB connection is held (the tools and the final write each open their own short
 `tenant_tx`) — and the task still stores what happened (status `cancelled`, the tokens spent)
 and releases the tenant's stream slot in its `finally`. When nobody reads the response at
-all, the task simply runs to its end and does the same.
+all, the task simply runs to its end and does the same. When the worker begins shutting down
+(`api.shutdown`), an open stream stops its run the same way and ends with an `error` event
+`shutting_down` (retryable), before the kill timeout, so the client can retry elsewhere.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from litestar.types import Receive, Send
 from api.chat.limits import StreamSlots
 from api.chat.schemas import ChatAnswer
 from api.chat.usage import UsageRecorder
+from api.shutdown import SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, Shutdown
 from core.errors import Unavailable
 from rag.agent import AgentEvent, AgentRun, DoneEvent, ErrorEvent
 from storage.repositories import conversations as conv_repo
@@ -40,6 +43,8 @@ log = logging.getLogger("quarry.chat")
 END = object()
 """The last item of a session's queue."""
 _KEEP_ALIVE = object()
+_SHUTDOWN = object()  # the worker is shutting down: stop the run, end the stream with SHUTTING_DOWN_EVENT
+SHUTTING_DOWN_EVENT = ErrorEvent(code=SHUTTING_DOWN, message=SHUTTING_DOWN_MESSAGE, retryable=True)
 Item = Any  # AgentEvent | ChatAnswer | END
 _HEARTBEAT_S = 15.0
 _CLOSE_WAIT_S = 10.0
@@ -50,6 +55,7 @@ class ChatSession:
     def __init__(
         self, *, run: AgentRun, pool: asyncpg.Pool, tenant_id: UUID, slots: StreamSlots, slot_token: str,
         usage: UsageRecorder, conversation_id: UUID | None, started: float, model: str,
+        shutdown: Shutdown | None = None,
     ) -> None:
         self.run = run
         self.pool = pool
@@ -60,6 +66,7 @@ class ChatSession:
         self.conversation_id = conversation_id
         self.started = started
         self.model = model
+        self.shutdown = shutdown
         self.queue: asyncio.Queue[Item] = asyncio.Queue()
         self.outcome: ChatAnswer | None = None
         self.status = "pending"
@@ -82,6 +89,16 @@ class ChatSession:
             raise error
         assert self.outcome is not None
         return self.outcome
+
+    def interrupt(self) -> bool:
+        """Stop the run if it is still running (it is stored as `cancelled`, like a hang-up, and
+        END follows); False when it has already ended (its outcome and END are on their way)."""
+        task = self.task
+        if task is None or task.done() or self.status != "pending":
+            return False
+        # Soon, not now: a task cancelled before its first step would skip `_main` and its cleanup.
+        asyncio.get_running_loop().call_soon(task.cancel)
+        return True
 
     async def close(self) -> None:
         """The client is gone (or the response ended): stop the run if it still goes."""
@@ -180,13 +197,16 @@ class SessionEvents:
         self._ended = False
         self._sent_since_beat = False
         self._beat: asyncio.TimerHandle | None = None
+        self._started = False
+        self._unsubscribe: Callable[[], None] | None = None
+        self._cut_short = False  # stopped by the shutdown: the stream ends with SHUTTING_DOWN_EVENT
 
     def __aiter__(self) -> SessionEvents:
         return self
 
     async def __anext__(self) -> bytes:
-        if self._beat is None and not self._ended:
-            self._beat = asyncio.get_running_loop().call_later(_HEARTBEAT_S, self._heartbeat)
+        if not self._started:
+            self._start()
         queue = self.session.queue
         while not self._pending:
             if self._ended:
@@ -200,10 +220,24 @@ class SessionEvents:
         self._pending.clear()
         return chunk
 
+    def _start(self) -> None:
+        self._started = True
+        self._beat = asyncio.get_running_loop().call_later(_HEARTBEAT_S, self._heartbeat)
+        shutdown = self.session.shutdown
+        if shutdown is not None:  # registered while the body is sent: `aclose` unregisters it
+            queue = self.session.queue
+            self._unsubscribe = shutdown.on_begin(lambda: queue.put_nowait(_SHUTDOWN))
+
     def _take(self, item: Item) -> None:
         if item is END:
             self._ended = True
+            if self._cut_short and self.session.status == "cancelled":  # not if it finished meanwhile
+                self._pending.extend(self.encode(SHUTTING_DOWN_EVENT))
             self._pending.extend(self.end)
+        elif item is _SHUTDOWN:
+            # The run stops and stores what it has (as on a hang-up); its END closes the stream.
+            # A run that has already ended finishes normally: its `done` or `error` is on the way.
+            self._cut_short = self.session.interrupt() or self._cut_short
         elif item is _KEEP_ALIVE:
             self._pending.append(_KEEP_ALIVE_EVENT)
         else:
@@ -218,6 +252,9 @@ class SessionEvents:
         self._beat = None if self._ended else asyncio.get_running_loop().call_later(_HEARTBEAT_S, self._heartbeat)
 
     async def aclose(self) -> None:
+        if self._unsubscribe is not None:
+            self._unsubscribe()
+            self._unsubscribe = None
         if self._beat is not None:
             self._beat.cancel()
             self._beat = None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -20,6 +21,7 @@ from api.deps import DbPool, ReadPool
 from api.documents.schemas import AcceptedBatch, DocumentPage
 from api.documents.uploads import accept_json, accept_multipart
 from api.pagination import decode_cursor, encode_cursor
+from api.shutdown import SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, Shutdown, shutdown_of
 from core.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from core.settings import Settings
 from storage.models import Document, DocumentStatus, Principal
@@ -32,6 +34,9 @@ _TERMINAL = {"ready", "failed"}
 _POLL_S = 0.5
 _HEARTBEAT_S = 15.0
 _MAX_EVENT_IDS = 100
+_RETRY_MS = 1000  # the final event of a progress stream cut by a shutdown asks EventSource to reconnect after 1 s
+_SHUTTING_DOWN_DATA = msgspec.json.encode(
+    {"code": SHUTTING_DOWN, "message": SHUTTING_DOWN_MESSAGE, "retryable": True}).decode()
 
 
 class DocumentController(Controller):
@@ -90,8 +95,10 @@ class DocumentController(Controller):
 
     @get(paths.DOCUMENT_EVENTS, operation_id="documentEvents")
     async def events(self, document_id: FromPath[UUID], request: AnyRequest, pool: DbPool) -> ServerSentEvent:
-        """Progress of one document as Server-Sent Events (`status` events, then `done`)."""
-        return ServerSentEvent(_progress(pool, request.user.tenant_id, [document_id]))
+        """Progress of one document as Server-Sent Events (`status` events, then `done`; `error` with
+        code `shutting_down` when the server stops first: reconnect)."""
+        return ServerSentEvent(_progress(pool, request.user.tenant_id, [document_id],
+                                         shutdown=shutdown_of(request.app.state)))
 
     @get(paths.DOCUMENTS_EVENTS, operation_id="documentsEvents")
     async def batch_events(
@@ -105,7 +112,8 @@ class DocumentController(Controller):
             raise BadRequest("ids must be comma-separated document UUIDs") from None
         if not 0 < len(document_ids) <= _MAX_EVENT_IDS:
             raise Unprocessable(f"give between 1 and {_MAX_EVENT_IDS} document ids")
-        return ServerSentEvent(_progress(pool, request.user.tenant_id, document_ids))
+        return ServerSentEvent(_progress(pool, request.user.tenant_id, document_ids,
+                                         shutdown=shutdown_of(request.app.state)))
 
 
 async def _read_limited(stream: AsyncIterator[bytes], limit: int) -> bytes:
@@ -137,10 +145,12 @@ def _decode_metadata(raw: str) -> dict[str, Any]:
 
 
 async def _progress(
-    pool: Any, tenant_id: UUID, document_ids: list[UUID]
+    pool: Any, tenant_id: UUID, document_ids: list[UUID], *, shutdown: Shutdown | None = None
 ) -> AsyncIterator[ServerSentEventMessage]:
     """Poll the documents and emit each change of status; `done` when all are final.
-    Ids the tenant cannot see are reported as `missing` (RLS hides other tenants' rows)."""
+    Ids the tenant cannot see are reported as `missing` (RLS hides other tenants' rows).
+    When the server begins shutting down, a final `error` (`shutting_down`, retryable) ends the
+    stream at once: a new stream, on another worker, starts from the current state."""
     last: dict[UUID, tuple[str, int]] = {}
     idle = 0.0
     while True:
@@ -159,10 +169,20 @@ async def _progress(
             counts = {s: sum(1 for v in last.values() if v[0] == s) for s in ("ready", "failed", "missing")}
             yield ServerSentEventMessage(event="done", data=msgspec.json.encode(counts).decode())
             return
-        await asyncio.sleep(_POLL_S)
+        if await _shutting_down(shutdown, _POLL_S):
+            yield ServerSentEventMessage(event="error", retry=_RETRY_MS, data=_SHUTTING_DOWN_DATA)
+            return
         idle += _POLL_S
         if idle >= _HEARTBEAT_S:
             idle = 0.0
             yield ServerSentEventMessage(comment="keep-alive")
 
 
+async def _shutting_down(shutdown: Shutdown | None, within_s: float) -> bool:
+    """Wait `within_s`; True as soon as the shutdown begins."""
+    if shutdown is None:
+        await asyncio.sleep(within_s)
+        return False
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(shutdown.event.wait(), within_s)
+    return shutdown.started

@@ -306,6 +306,7 @@ async def test_a_quiet_stream_gets_keep_alive_comments():
         def __init__(self) -> None:
             self.queue: asyncio.Queue = asyncio.Queue()
             self.closed = False
+            self.shutdown = None
 
         async def close(self) -> None:
             self.closed = True
