@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from perf.suite.revreport import revision_comparison, revision_markdown
 from perf.suite.runner import Phase
 from perf.suite.sampler import cache_hit_rates
 from perf.suite.stats import (
@@ -384,8 +385,12 @@ def markdown(report: dict[str, Any]) -> str:
     m = meta["machine"]
     corpus = meta.get("corpus", {})
     plat = meta.get("platform", {})
+    copies = meta.get("corpus_copies") or []
     seeded = (f"seeded now: {corpus.get('seeded_now')} documents in {corpus.get('seconds')} s"
               if corpus.get("seeded_now") else "reused from the data dir")
+    if copies:
+        seeded = (f"the database copied from `{meta.get('corpus_from')}` in {copies[0]['seconds']} s, "
+                  + ("used as it is" if corpus.get("collection_ids") else seeded))
     lines += [f"`{meta.get('command', '')}` · git {m['git']} · {m['cpus']} CPUs · Python {m['python']} · "
               f"load average at start {m['loadavg_at_start']}", "",
               f"Platform: `quarry up` (embedded Postgres + Valkey, Dagster off), {plat.get('api_workers')} API "
@@ -446,6 +451,7 @@ def markdown(report: dict[str, Any]) -> str:
                   f"`{short}` = {_pct(r['compare_vs_ceiling_rps'])}.",
                   f"- platform / `{short}`: **{_fmt(r['platform_vs_compare_rps'], 'x', 2)} requests/s**, "
                   f"p95 ratio {_fmt(r['platform_vs_compare_p95'], 'x', 2)}.", ""]
+    lines += revision_markdown(report.get("revisions") or {}, meta)
     if main:
         res = main["resources"]
         lines += ["## Resources (judged window)", "", _table(
@@ -493,7 +499,8 @@ def build(meta: dict[str, Any], phases: Sequence[Phase], resources: Sequence[dic
     main_phase = next((p for p in phases if p.kind == "main"), None)
     main = analyze(main_phase, resources) if main_phase else None
     report: dict[str, Any] = {"meta": meta, "phases": [p.to_json() for p in phases], "main": main,
-                              "compare": compare(phases, resources=resources), "notes": list(notes)}
+                              "compare": compare(phases, resources=resources), "notes": list(notes),
+                              "revisions": revision_comparison(phases, resources)}
     if main:
         report["targets"] = targets(main, bool(meta.get("llm", {}).get("chat_available")))
         locust_cpu = main["resources"]["roles"].get("locust", {}).get("cpu_max", 0)

@@ -4,6 +4,8 @@
     quarry perf load-200 --data-dir .data/perf     # reuse a seeded corpus between runs
     quarry perf stress --chunks 5000
     quarry perf endurance --duration 3600
+    quarry perf load-200 --rev HEAD~3 --rev HEAD   # two git revisions, interleaved, ratios B/A
+    quarry perf load-200 --corpus-from .data/perf-search   # the search benchmark's 50k-chunk corpus
     make perf PROFILE=load-100 ARGS="--duration 60"
 
 One command does it all: starts the simulated LLM (perf/simllm.py) and `quarry up` on the
@@ -22,6 +24,7 @@ Exit code 0 when the run worked, whatever the numbers (no thresholds); 1 when it
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import platform as pyplatform
 import re
@@ -36,14 +39,16 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import httpx
 
 from core.settings import Settings, load_settings
 from perf.suite.platform import REPO, Platform, Server, create_perf_keys, log
 from perf.suite.profiles import PROFILES, Profile, get_profile
+from perf.suite.revisions import copy_database
 from perf.suite.runner import Phase, run_phase
 from perf.suite.sampler import ResourceSampler, postgres_probe, redis_probe, scrape
-from perf.suite.seed import build_queries, chat_questions, seed_corpus
+from perf.suite.seed import BENCH_TENANT, Corpus, build_queries, chat_questions, existing_corpus, seed_corpus
 from perf.suite.stats import SLO
 from perf.suite.workload import LoadConfig, ZipfPicker, parse_weights, read_records
 
@@ -85,6 +90,18 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--llm-tokens-per-s", type=float, default=50.0, help="simulated LLM token rate")
     p.add_argument("--llm-tokens", type=int, default=40, help="tokens per simulated answer")
     p.add_argument("--keep-data", action="store_true", help="keep the temporary data dir")
+    p.add_argument("--corpus-from", type=Path, metavar="DIR",
+                   help="a data dir without a database starts from a copy of DIR's: perf/search_bench.py's "
+                        "prepared 50,000-chunk corpus (tenant perf-search-a, used as it is), or another suite "
+                        "data dir (tenant perf, topped up to --chunks)")
+    rev = p.add_argument_group("revisions", "the profile's workload against two git revisions, interleaved "
+                               "(docs/perf-suite.md)")
+    rev.add_argument("--rev", action="append", default=[], metavar="REV",
+                     help="a git revision (twice: the first is the baseline A); `.` = this checkout as it is")
+    rev.add_argument("--rev-repo", type=Path, help="the git repository the revisions come from (default: this one)")
+    rev.add_argument("--rounds", type=int, help="revision comparisons: rounds of (A, B) segments (default 2)")
+    rev.add_argument("--allow-dependency-drift", action="store_true",
+                     help="run a revision whose dependencies this virtualenv does not satisfy")
     return p
 
 
@@ -128,6 +145,17 @@ def _machine() -> dict[str, Any]:
     return {"cpus": os.cpu_count(), "python": pyplatform.python_version(), "platform": pyplatform.platform(),
             "git": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
             "loadavg_at_start": [round(x, 2) for x in os.getloadavg()]}
+
+
+def _has_tenant(admin_url: str, name: str) -> bool:
+    async def query() -> bool:
+        conn = await asyncpg.connect(admin_url)
+        try:
+            return await conn.fetchval("SELECT 1 FROM tenants WHERE name = $1", name) is not None
+        finally:
+            await conn.close()
+
+    return asyncio.run(query())
 
 
 def _chat_available(url: str) -> tuple[bool, str]:
@@ -208,6 +236,7 @@ class Run:
         self.phases: list[Phase] = []
         self.notes: list[str] = []
         self.metrics_token = secrets.token_hex(16)
+        self.bench_corpus = False
         self.meta: dict[str, Any] = {"profile": self.profile.name, "description": self.profile.description,
                                      "command": "quarry perf " + " ".join(args.argv),
                                      "machine": _machine(), "data_dir": str(self.data_dir),
@@ -227,18 +256,19 @@ class Run:
         report = write_report(self.out, self.meta, self.phases, self.sampler.samples, self.notes)
         print(report["markdown_text"])
         print(f"\nreport: {report['markdown']}  (json: {report['json']}; plots in {self.out})", flush=True)
-        main = [p for p in self.phases if p.kind == "main"]
-        ok = any(s.ok for p in main for s in read_records(Path(p.records)) if s.name != "__users__")
-        if main and not ok:
-            log("no request of the main phase succeeded")
-            return 1
+        measured = [p for p in self.phases if p.kind in ("main", "revision")]
+        for target in {p.target for p in measured}:
+            records = (s for p in measured if p.target == target for s in read_records(Path(p.records)))
+            if not any(s.ok for s in records if s.name != "__users__"):
+                log(f"no request against {target} succeeded")
+                return 1
         if any(p.exit_code not in (0, None) for p in self.phases):
             return 1
         return 0
 
-    def _run(self) -> None:
-        prof, args = self.profile, self.args
-        settings: Settings = load_settings(environ={}, dotenv=None)
+    def _start_llm(self) -> dict[str, str]:
+        """Start the simulated LLM; the platform's settings for this run."""
+        args = self.args
         fields = set(Settings.__struct_fields__)
         sim = Server.simllm(dict(os.environ, PYTHONPATH=str(REPO)), self.out / "simllm.log", args.llm_ttft_ms,
                             args.llm_tokens_per_s, args.llm_tokens).start()
@@ -248,7 +278,34 @@ class Run:
         if "metrics_token" in fields:  # /metrics behind a token of this run's own
             overrides["QUARRY_METRICS_TOKEN"] = self.metrics_token
         overrides.update(_pairs(",".join(args.platform_env)))
+        return overrides
+
+    def _tenant(self, admin_url: str) -> str:
+        """`perf`, or the benchmark's tenant when the (copied) database holds the search
+        benchmark's corpus: then that corpus is used as it is."""
+        self.bench_corpus = bool(self.args.corpus_from) and _has_tenant(admin_url, BENCH_TENANT)
+        return BENCH_TENANT if self.bench_corpus else PERF_TENANT
+
+    def _copy_corpus(self, data_dir: Path) -> None:
+        """--corpus-from: a data dir without a database starts from a copy of that dir's database."""
+        if self.args.corpus_from and not (data_dir / "postgres").exists():
+            seconds = copy_database(self.args.corpus_from.resolve(), data_dir)
+            self.meta["corpus_from"] = str(self.args.corpus_from)
+            self.meta.setdefault("corpus_copies", []).append({"into": str(data_dir), "seconds": round(seconds, 1)})
+
+    def _corpus(self, url: str, key: str) -> Corpus:
+        if self.bench_corpus:
+            if self.args.chunks:
+                self.notes.append("--chunks ignored: the corpus is the copied benchmark database as it is")
+            return existing_corpus(url, key, seed=self.args.seed)
+        return seed_corpus(url, key, self.profile.chunks, seed=self.args.seed)
+
+    def _run(self) -> None:
+        prof, args = self.profile, self.args
+        settings: Settings = load_settings(environ={}, dotenv=None)
+        overrides = self._start_llm()
         workers = int(overrides.get("QUARRY_API_WORKERS", settings.api_workers))
+        self._copy_corpus(self.data_dir)
         self.platform = Platform(self.data_dir, self.out / "platform.log", overrides)
         self.platform.start()
         assert self.platform.proc is not None
@@ -260,8 +317,8 @@ class Run:
         self.meta["platform"] = {"url": self.platform.url, "api_workers": workers, "overrides": overrides}
         self.meta["llm"] = {"ttft_ms": args.llm_ttft_ms, "tokens_per_s": args.llm_tokens_per_s,
                             "tokens": args.llm_tokens, "chat_available": chat_ok, "chat": chat_reason}
-        keys = create_perf_keys(admin_url, PERF_TENANT, max(1, prof.keys))
-        corpus = seed_corpus(self.platform.url, keys[0], prof.chunks, seed=args.seed)
+        keys = create_perf_keys(admin_url, self._tenant(admin_url), max(1, prof.keys))
+        corpus = self._corpus(self.platform.url, keys[0])
         self.meta["corpus"] = {k: v for k, v in corpus.__dict__.items() if k != "samples"}
         queries = build_queries(corpus, args.queries, args.seed)
         zipf = ZipfPicker(queries, args.zipf_s)
@@ -277,7 +334,7 @@ class Run:
             weights.pop("chat", None)
             if scenario == "chat":
                 return
-        collections = [corpus.collection_id]
+        collections = corpus.scope
         _warm_up(self.platform.url, keys[0], queries, collections, chat_ok and "chat" in weights)
         sample = _sample_payload(self.platform.url, keys[0], queries[0], collections, self.out / "search-sample.json")
         self.meta["search_payload_bytes"] = sample.stat().st_size
@@ -361,8 +418,13 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    run_class: type[Run] = Run
+    if args.rev:
+        from perf.suite.revrun import RevisionRun
+
+        run_class = RevisionRun
     try:
-        return Run(args).execute()
+        return run_class(args).execute()
     except KeyboardInterrupt:
         log("interrupted; everything was stopped")
         return 130

@@ -82,15 +82,17 @@ def granian_backpressure(env: dict[str, str]) -> list[str]:
     return ["--backpressure", str(backpressure(load_settings(environ=env, dotenv=None)))]
 
 
-def _spawn(argv: list[str], env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+def _spawn(argv: list[str], env: dict[str, str], log_path: Path, cwd: Path = REPO) -> subprocess.Popen[bytes]:
     with open(log_path, "ab") as out:
-        return subprocess.Popen(argv, env=env, cwd=REPO, start_new_session=True, stdin=subprocess.DEVNULL,
+        return subprocess.Popen(argv, env=env, cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL,
                                 stdout=out, stderr=subprocess.STDOUT)
 
 
-def base_env(**extra: str) -> dict[str, str]:
+def base_env(root: Path = REPO, **extra: str) -> dict[str, str]:
+    """This environment with `root` first on PYTHONPATH: its packages win over the editable
+    install's (a revision's worktree runs its own code on this venv)."""
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH", "")]))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(root), env.get("PYTHONPATH", "")]))
     env["PYTHONUNBUFFERED"] = "1"
     env.update(extra)
     return env
@@ -107,6 +109,8 @@ class Platform:
     proc: subprocess.Popen[bytes] | None = None
     endpoints: dict[str, Any] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    root: Path = REPO
+    """The source tree `quarry up` runs from (a revision's worktree in revision comparisons)."""
 
     @property
     def url(self) -> str:
@@ -114,13 +118,13 @@ class Platform:
 
     def start(self, timeout: float = 240.0) -> None:
         self.port = self.port or free_port()
-        self.env = base_env(QUARRY_DATA_DIR=str(self.data_dir), QUARRY_PORT=str(self.port),
+        self.env = base_env(self.root, QUARRY_DATA_DIR=str(self.data_dir), QUARRY_PORT=str(self.port),
                             QUARRY_HOST="127.0.0.1", QUARRY_DAGSTER="false", **self.overrides)
         for name in ("DATABASE_URL", "REDIS_URL"):  # the embedded default, always
             self.env.pop(name, None)
         self.data_dir.mkdir(parents=True, exist_ok=True)
         log(f"starting the platform: quarry up (data {self.data_dir}, port {self.port}); log {self.log_path}")
-        self.proc = _spawn([sys.executable, "-m", "ops.cli", "up"], self.env, self.log_path)
+        self.proc = _spawn([sys.executable, "-m", "ops.cli", "up"], self.env, self.log_path, self.root)
         endpoints = self.data_dir.resolve() / "run" / "endpoints.json"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -64,7 +64,8 @@ def run_phase(name: str, kind: str, target: str, scenario: str, config: LoadConf
     argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--headless", "--only-summary",
             "--csv", str(out_dir / f"{name}.locust"), "--loglevel", "WARNING", "--stop-timeout", "10",
             "--exit-code-on-error", "0"]
-    env = base_env(**{CONFIG_ENV: str(config_path)})
+    env = base_env()
+    env[CONFIG_ENV] = str(config_path)
     log(f"phase {name}: {scenario} x {max(u for u, _ in config.steps)} users against {target} "
         f"({config.duration_s:.0f} s)")
     log_path = out_dir / f"{name}.locust.log"

@@ -46,7 +46,7 @@ def role_of(cmdline: list[str], name: str) -> str:
 class ResourceSampler:
     def __init__(self, interval_s: float = 1.0) -> None:
         self.interval_s = interval_s
-        self.roots: dict[str, tuple[int, bool]] = {}  # label -> (pid, classify descendants by role)
+        self.roots: dict[str, tuple[int, bool, str]] = {}  # label -> (pid, classify by role, role prefix)
         self.procs: dict[int, tuple[psutil.Process, str]] = {}
         self.last_cpu: dict[int, float] = {}
         self.samples: list[dict[str, Any]] = []
@@ -56,9 +56,11 @@ class ResourceSampler:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
 
-    def track(self, label: str, pid: int, by_role: bool = False) -> None:
+    def track(self, label: str, pid: int, by_role: bool = False, role_prefix: str = "") -> None:
+        """Sample `pid` and its descendants as `label`, or by role (`role_prefix` + api, postgres, ...:
+        two platforms side by side, e.g. `A:api` and `B:api`)."""
         with self._lock:
-            self.roots[label] = (pid, by_role)
+            self.roots[label] = (pid, by_role, role_prefix)
 
     def untrack(self, label: str) -> None:
         with self._lock:
@@ -68,7 +70,7 @@ class ResourceSampler:
         seen: dict[int, tuple[psutil.Process, str]] = {}
         with self._lock:
             roots = dict(self.roots)
-        for label, (pid, by_role) in roots.items():
+        for label, (pid, by_role, prefix) in roots.items():
             try:
                 root = psutil.Process(pid)
                 tree = [root, *root.children(recursive=True)]
@@ -77,7 +79,7 @@ class ResourceSampler:
             for proc in tree:
                 if by_role:
                     try:
-                        role = role_of(proc.cmdline(), proc.name())
+                        role = prefix + role_of(proc.cmdline(), proc.name())
                     except psutil.Error:
                         continue
                 else:

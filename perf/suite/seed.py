@@ -22,9 +22,11 @@ import httpx
 from perf.corpus import Doc, corpus_documents, exact_queries, natural_queries
 from perf.suite.platform import log
 
-__all__ = ["Corpus", "build_queries", "seed_corpus"]
+__all__ = ["BENCH_TENANT", "Corpus", "build_queries", "existing_corpus", "seed_corpus"]
 
 CORPUS_COLLECTION = "perf-corpus"
+BENCH_TENANT = "perf-search-a"
+"""The tenant perf/search_bench.py builds its 50,000-chunk corpus in (`--corpus-from`)."""
 UPLOAD_COLLECTION = "perf-uploads"
 _MAX_DOC_CHARS = 800_000  # under QUARRY_MAX_JSON_BYTES (1 MiB) with JSON escaping
 
@@ -41,6 +43,13 @@ class Corpus:
     chunks_per_s: float | None = None
     samples: list[tuple[str, str]] = field(default_factory=list)
     """(uri, text) of some seeded documents: the source of exact-phrase queries."""
+    collection_ids: list[str] = field(default_factory=list)
+    """Every collection of the corpus (a copied benchmark corpus spans several); searches are
+    scoped to these. Seeded corpora have just `collection_id`."""
+
+    @property
+    def scope(self) -> list[str]:
+        return self.collection_ids or [self.collection_id]
 
 
 def _collection(client: httpx.Client, name: str) -> str:
@@ -174,6 +183,30 @@ def seed_corpus(base_url: str, key: str, target_chunks: int, seed: int = 0, time
     log(f"corpus ready: {corpus.chunks} chunks in {corpus.documents} documents "
         f"({corpus.seeded_now} uploaded now in {corpus.seconds:.0f} s)")
     return corpus
+
+
+def existing_corpus(base_url: str, key: str, seed: int = 0, synthetic_words: int = 1500) -> Corpus:
+    """A corpus that is already in the tenant (a copy of perf/search_bench.py's database): every
+    collection but the uploads one, nothing seeded. Exact-phrase queries come from the first
+    documents of perf/corpus.py's order (the stdlib docstrings, which the benchmark's
+    `stdlib-docs` collection holds in full)."""
+    started = time.monotonic()
+    with httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=120) as client:
+        upload_collection_id = _collection(client, UPLOAD_COLLECTION)
+        page = client.get("/v1/collections", params={"limit": 200})
+        page.raise_for_status()
+        ids = [str(c["id"]) for c in page.json()["items"] if str(c["id"]) != upload_collection_id]
+        if not ids:
+            raise SystemExit("quarry perf: --corpus-from: the copied database has no corpus collection")
+        counts = _count([d for cid in ids for d in _documents(client, cid)])
+    source = corpus_documents(seed=seed, synthetic_words=synthetic_words)
+    picked = [next(source) for _ in range(400)]
+    samples = _pieces(random.Random(f"{seed}:samples").sample(picked, 200))  # noqa: S311
+    log(f"corpus (copied): {counts['chunks']} chunks in {counts['documents']} documents, {len(ids)} collections "
+        f"(checked in {time.monotonic() - started:.0f} s)")
+    return Corpus(collection_id=ids[0], upload_collection_id=upload_collection_id, documents=counts["documents"],
+                  chunks=counts["chunks"], failed=counts["failed"], seconds=round(time.monotonic() - started, 1),
+                  samples=samples, collection_ids=ids)
 
 
 def _pieces(docs: list[Doc], per_doc: int = 3, chars: int = 1200) -> list[tuple[str, str]]:

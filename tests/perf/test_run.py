@@ -41,3 +41,11 @@ def test_naive_configuration_and_platform_settings() -> None:
     if "rate_limits" in fields:
         assert "search=1000000/1000000" in env["QUARRY_RATE_LIMITS"]
     assert _settings_overrides(set(), None) == {}
+
+
+def test_revision_and_corpus_options() -> None:
+    args = parser().parse_args(["load-200", "--rev", "HEAD~1", "--rev", ".", "--rounds", "3",
+                                "--corpus-from", ".data/perf-search", "--allow-dependency-drift"])
+    assert args.rev == ["HEAD~1", "."] and args.rounds == 3 and args.allow_dependency_drift
+    assert str(args.corpus_from) == ".data/perf-search"
+    assert parser().parse_args(["smoke"]).rev == []
