@@ -73,6 +73,11 @@ def make_worker_settings(settings: Settings) -> dict[str, Any]:
         "on_startup": startup,
         "on_shutdown": shutdown_resources,
         "max_jobs": 8,
+        # arq sleeps this long between polls even while jobs wait, so a finished job's slot
+        # stays empty until the next tick: with arq's 0.5 s default the embedder sat idle a
+        # third of the time on a batch of small documents (perf/ingest_bench.py). 50 ms costs
+        # Redis 20 cheap calls a second per worker.
+        "poll_delay": 0.05,
         "job_timeout": INGEST_TIMEOUT_S,
         "keep_result": 3600,
         "handle_signals": True,
