@@ -299,7 +299,7 @@ async def test_per_tenant_cap(ctx, pool, make_tenant, settings, redis):
     try:
         with pytest.raises(Retry) as raised:
             await ingest_document(capped, *busy_doc.args())
-        assert 1 <= raised.value.defer_score / 1000 <= 2
+        assert 0.2 <= raised.value.defer_score / 1000 <= 0.5  # soon: slots free up quickly in a batch
         waiting = await state(pool, busy_doc)
         assert waiting["status"] == "queued" and waiting["attempts"] == 0  # not even claimed
         assert await redis.zrange(key, 0, -1) == [b"first-job"]
