@@ -27,7 +27,8 @@ $(PERF_STAMP): pyproject.toml $(STAMP)
 run: $(STAMP)
 	exec $(BIN)/quarry up
 
-test: $(STAMP)
+# The perf extra too: tests/perf drives the suite's Locust runs end to end.
+test: $(PERF_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
