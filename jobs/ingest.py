@@ -29,7 +29,7 @@ from storage.repositories import chunks as chunk_repo
 from storage.repositories import documents
 from storage.tenancy import tenant_tx
 
-from .limits import acquire_slot, release_slot
+from .limits import acquire_slot, hold_slot
 
 __all__ = ["INGEST_JOB", "enqueue_ingest", "ingest_document", "ingest_job_id"]
 
@@ -65,15 +65,12 @@ async def ingest_document(
     settings: Settings = ctx["settings"]
     pool, redis, blobs = ctx["pool"], ctx["redis"], ctx["blobs"]
     token = f"{document_id}:{uuid.uuid4().hex}"
-    if not await acquire_slot(redis, tenant_id, token, settings.ingest_concurrency_per_tenant,
-                              INGEST_TIMEOUT_S):
+    if not await acquire_slot(redis, tenant_id, token, settings.ingest_concurrency_per_tenant):
         # The tenant is at its cap. Come back soon: a slot frees up every few hundred ms on a busy
         # batch, and only the worker's max_jobs jobs can be waiting like this at once.
         raise Retry(defer=0.2 + random.uniform(0, 0.3))  # noqa: S311 - jitter, not crypto
-    try:
+    async with hold_slot(redis, tenant_id, token):  # renewed while the job runs, released after
         return await _ingest(ctx, settings, pool, blobs, tenant_id, uuid.UUID(document_id), content_hash, fmt)
-    finally:
-        await release_slot(redis, tenant_id, token)
 
 
 async def _ingest(

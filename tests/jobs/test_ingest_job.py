@@ -27,8 +27,8 @@ from pypdf import PdfReader, PdfWriter
 from redis.asyncio import Redis
 
 from core.errors import Unavailable
-from jobs.ingest import INGEST_TIMEOUT_S, enqueue_ingest, ingest_document, ingest_job_id
-from jobs.limits import acquire_slot, release_slot
+from jobs.ingest import enqueue_ingest, ingest_document, ingest_job_id
+from jobs.limits import LEASE_S, acquire_slot, hold_slot, release_slot, renew_slot
 from pipelines.embedding import EmbedderResolver
 from rag.parsing import FORMATS
 from storage.repositories import collections, documents
@@ -295,7 +295,7 @@ async def test_per_tenant_cap(ctx, pool, make_tenant, settings, redis):
     other_doc = await add_document(pool, ctx["blobs"], other.id, await new_collection(pool, other.id),
                                    b"Another tenant is not held up.", "txt")
     key = f"quarry:ingest:slots:{busy.id}"
-    assert await acquire_slot(redis, str(busy.id), "first-job", 1, INGEST_TIMEOUT_S)
+    assert await acquire_slot(redis, str(busy.id), "first-job", 1)
     try:
         with pytest.raises(Retry) as raised:
             await ingest_document(capped, *busy_doc.args())
@@ -315,15 +315,32 @@ async def test_per_tenant_cap(ctx, pool, make_tenant, settings, redis):
     assert await redis.zcard(key) == 0
 
 
-async def test_slots_older_than_the_job_timeout_are_reclaimed(redis):
+async def test_slots_not_renewed_within_the_lease_are_reclaimed(redis):
     tenant = str(uuid.uuid4())
     key = f"quarry:ingest:slots:{tenant}"
-    await redis.zadd(key, {"killed-worker": time.time() - INGEST_TIMEOUT_S - 5, "live": time.time() - 5})
-    assert await acquire_slot(redis, tenant, "new", 2, INGEST_TIMEOUT_S)
+    now_ms = int(time.time() * 1000)
+    await redis.zadd(key, {"killed-worker": now_ms - int(LEASE_S * 1000) - 5000, "live": now_ms - 5000})
+    assert await acquire_slot(redis, tenant, "new", 2)
     assert set(await redis.zrange(key, 0, -1)) == {b"live", b"new"}
-    assert not await acquire_slot(redis, tenant, "third", 2, INGEST_TIMEOUT_S)
-    assert 0 < await redis.ttl(key) <= INGEST_TIMEOUT_S
+    assert not await acquire_slot(redis, tenant, "third", 2)
+    assert 0 < await redis.pttl(key) <= 2 * LEASE_S * 1000
     await redis.delete(key)
+
+
+async def test_a_held_slot_is_renewed_and_a_dead_holders_expires(redis):
+    tenant, lease = str(uuid.uuid4()), 0.3
+    assert await acquire_slot(redis, tenant, "dead", 1, lease)  # its holder never renews
+    assert not await acquire_slot(redis, tenant, "waiting", 1, lease)
+    deadline = time.monotonic() + 10
+    while not await acquire_slot(redis, tenant, "live", 1, lease):  # once the lease has passed
+        assert time.monotonic() < deadline, "the dead holder's slot was never reclaimed"
+        await asyncio.sleep(0.05)
+    async with hold_slot(redis, tenant, "live", lease):
+        for _ in range(8):  # 8 x 0.1 s: well past the lease, renewed all along
+            await asyncio.sleep(0.1)
+            assert not await acquire_slot(redis, tenant, "other", 1, lease)
+    assert await redis.zcard(f"quarry:ingest:slots:{tenant}") == 0  # released
+    assert not await renew_slot(redis, tenant, "live", lease)  # nothing left to renew
 
 
 # --- a worker killed in the middle of the write transaction ----------------------------------------
@@ -401,7 +418,7 @@ async def test_worker_killed_inside_the_write_transaction(
         assert killed["chunks"] == killed["embeddings"] == killed["chunk_count"] == 0
         assert blob_exists(ctx, doc)
 
-        # The killed worker still holds the tenant's slot until it expires (INGEST_TIMEOUT_S).
+        # The killed worker still holds the tenant's slot until its lease runs out (LEASE_S).
         slots = f"quarry:ingest:slots:{doc.tenant_id}"
         assert [m.decode().split(":")[0] for m in await redis.zrange(slots, 0, -1)] == [str(doc.id)]
         capped = dict(ctx, settings=msgspec.structs.replace(settings, ingest_concurrency_per_tenant=1))
