@@ -1,14 +1,12 @@
 """Chat limits: concurrent streams per tenant (Redis) and the monthly token budget (Postgres).
 
-Stream slots live in one sorted set per tenant, scored by acquisition time, changed only by an
-atomic script: slots older than the TTL (longer than any run may last) are dropped before
-counting, so a worker that crashed while holding slots cannot leak them for longer than that.
+Stream slots are places in a per-tenant `storage.semaphore` whose lease is the TTL (longer than
+any run may last, so no renewal is needed): a worker that crashed while holding slots cannot
+leak them for longer than that.
 """
 
 from __future__ import annotations
 
-import hashlib
-import time
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime
@@ -17,26 +15,15 @@ from uuid import UUID
 
 import asyncpg
 from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import RedisError
 
 from core.errors import RateLimited, Unavailable
+from storage import semaphore
 from storage.repositories.usage import month_of, month_usage, next_month
 
 __all__ = ["STREAM_RETRY_AFTER_S", "StreamSlots", "limits_redis", "remaining_budget"]
 
 STREAM_RETRY_AFTER_S = 2
-
-_ACQUIRE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1] - ARGV[2])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], ARGV[1], ARGV[4])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-_ACQUIRE_SHA = hashlib.sha1(_ACQUIRE.encode()).hexdigest()  # noqa: S324 - Redis names scripts by SHA-1
-
 
 def limits_redis(url: str, max_connections: int = 64) -> Redis:
     """The chat limiter's own Redis client. A BlockingConnectionPool because redis-py's default
@@ -63,12 +50,8 @@ class StreamSlots:
     async def acquire(self, tenant_id: UUID) -> str:
         """A slot token, or 429 (with Retry-After) when the tenant already runs `cap` chats."""
         token = uuid.uuid4().hex
-        args = (str(time.time()), str(self.ttl_s), str(self.cap), token)
         try:
-            try:  # by hash: the script's text travels once per Redis server, not once per chat
-                acquired = await self.redis.evalsha(_ACQUIRE_SHA, 1, self.key(tenant_id), *args)  # type: ignore[misc]
-            except NoScriptError:
-                acquired = await self.redis.eval(_ACQUIRE, 1, self.key(tenant_id), *args)  # type: ignore[misc]
+            acquired = await semaphore.acquire(self.redis, self.key(tenant_id), token, self.cap, self.ttl_s)
         except (RedisError, OSError) as exc:
             raise Unavailable("the chat limiter (Redis) is unavailable; try again shortly") from exc
         if not acquired:
@@ -79,7 +62,7 @@ class StreamSlots:
         return token
 
     async def release(self, tenant_id: UUID, token: str) -> None:
-        await self.redis.zrem(self.key(tenant_id), token)
+        await semaphore.release(self.redis, self.key(tenant_id), token)
 
     async def in_use(self, tenant_id: UUID) -> int:
         return int(await self.redis.zcard(self.key(tenant_id)))

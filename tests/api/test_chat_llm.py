@@ -240,8 +240,8 @@ async def test_concurrent_streams_per_tenant_are_capped(settings, make_tenant):
 
         # A slot a crashed worker left behind expires by itself.
         slots = StreamSlots(capp.app.state.chat_redis, 2, 60)
-        await capp.app.state.chat_redis.zadd(slots.key(t.id), {"crashed-1": time.time() - 3600,
-                                                          "crashed-2": time.time() - 3600})
+        hour_ago_ms = (time.time() - 3600) * 1000  # scores are Redis's clock in ms (storage.semaphore)
+        await capp.app.state.chat_redis.zadd(slots.key(t.id), {"crashed-1": hour_ago_ms, "crashed-2": hour_ago_ms})
         assert (await _chat(capp, t.headers, "after a crash")).status_code == 200
 
 
