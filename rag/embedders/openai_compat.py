@@ -10,11 +10,7 @@ never appears in an error message or a log line.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
-import random
-import re
-import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +19,7 @@ import numpy as np
 
 from rag.embedders.base import Vectors, check_texts, empty_vectors, l2_normalize
 from rag.embedders.errors import EmbedderMisconfigured, EmbeddingRejected, EmbeddingUnavailable
+from rag.upstream import MISCONFIGURED_STATUSES, backoff_s, provider_message, redact, retry_after_s
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -32,9 +29,7 @@ __all__ = ["RETRYABLE_STATUSES", "OpenAIEmbedder"]
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
-_MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
 _TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
-_SECRET_LIKE = re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}")
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -151,72 +146,34 @@ class OpenAIEmbedder:
                 status = response.status_code
                 if status == 200:
                     return response
-                message = self._provider_message(response)
+                message = provider_message(response)
                 if status not in RETRYABLE_STATUSES:
                     raise self._fatal(status, message)
                 last_problem = f"HTTP {status}: {message}"
-                delay = self._retry_after(response)
+                delay = retry_after_s(response, self._max_retry_after_s)
             if attempt + 1 == attempts:
                 break
             if delay is None:
-                delay = self._backoff(attempt)
+                delay = backoff_s(attempt, self._backoff_base_s, self._backoff_max_s)
             log.warning(
                 "embedding request failed (%s); retry %d/%d in %.2fs",
-                self._redact(last_problem), attempt + 1, self._max_retries, delay,
+                redact(last_problem, self._api_key), attempt + 1, self._max_retries, delay,
             )
             await self._sleep(delay)
         raise EmbeddingUnavailable(
-            f"embedding provider unavailable after {attempts} attempt(s): {self._redact(last_problem)}",
+            f"embedding provider unavailable after {attempts} attempt(s): {redact(last_problem, self._api_key)}",
             attempts=attempts,
         )
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential, capped, with "equal jitter": at least half the step, at most all of it."""
-        step = min(self._backoff_max_s, self._backoff_base_s * 2.0**attempt)
-        return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not crypto
 
-    def _retry_after(self, response: httpx.Response) -> float | None:
-        value = response.headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
-                return None
-        if seconds != seconds:  # NaN
-            return None
-        return min(max(seconds, 0.0), self._max_retry_after_s)
 
     def _fatal(self, status: int, message: str) -> Exception:
-        detail = f"embedding provider answered HTTP {status}: {self._redact(message)}"
-        if status in _MISCONFIGURED_STATUSES:
+        detail = f"embedding provider answered HTTP {status}: {redact(message, self._api_key)}"
+        if status in MISCONFIGURED_STATUSES:
             return EmbedderMisconfigured(detail, upstream_status=status)
         return EmbeddingRejected(detail, upstream_status=status)
 
-    @staticmethod
-    def _provider_message(response: httpx.Response) -> str:
-        """OpenAI's `{"error": {"message": ...}}`, else the start of the body."""
-        try:
-            body = response.json()
-        except ValueError:
-            return response.text[:300].strip() or response.reason_phrase
-        if isinstance(body, dict):
-            error = body.get("error")
-            if isinstance(error, dict) and isinstance(error.get("message"), str):
-                return str(error["message"])[:500]
-            if isinstance(error, str):
-                return error[:500]
-            if isinstance(body.get("message"), str):
-                return str(body["message"])[:500]
-        return response.text[:300].strip()
 
-    def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return _SECRET_LIKE.sub(r"\1-***", text)
 
     def _parse(self, response: httpx.Response, expected: int) -> Vectors:
         try:

@@ -13,13 +13,9 @@ in an error message, a log line or a repr.
 from __future__ import annotations
 
 import asyncio
-import email.utils
 import logging
 import math
-import random
-import re
 import ssl
-import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +24,7 @@ import msgspec
 
 from rag.llm.base import Delta, Finish, Message, TextDelta, ToolCallDelta, ToolChoice, ToolSpec, Usage
 from rag.llm.errors import LLMError, LLMMisconfigured, LLMRejected, LLMTimeout, LLMUnavailable
+from rag.upstream import MISCONFIGURED_STATUSES, backoff_s, provider_message, redact, retry_after_s
 
 if TYPE_CHECKING:
     from core.settings import Settings
@@ -37,11 +34,9 @@ __all__ = ["RETRYABLE_STATUSES", "OpenAIChatProvider"]
 log = logging.getLogger(__name__)
 
 RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
-_MISCONFIGURED_STATUSES = frozenset({401, 403, 404})
 _TRANSIENT_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 _DRAIN_S = 1.0
 _SHARD_SIZE = 32
-_SECRET_LIKE = re.compile(r"\b(sk|pk|rk)-[A-Za-z0-9_\-*.]{6,}")
 _message_encoder = msgspec.json.Encoder()
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -171,11 +166,11 @@ class OpenAIChatProvider:
                             yield delta
                         return
                     await response.aread()
-                    message = self._provider_message(response)
+                    message = provider_message(response)
                     if response.status_code not in RETRYABLE_STATUSES:
                         raise self._fatal(response.status_code, message)
                     last_problem = f"HTTP {response.status_code}: {message}"
-                    delay = self._retry_after(response)
+                    delay = retry_after_s(response, self._max_retry_after_s)
             except _TRANSIENT_ERRORS as exc:
                 if started:
                     raise self._broken(exc) from None
@@ -186,12 +181,13 @@ class OpenAIChatProvider:
             if attempt + 1 == attempts:
                 break
             if delay is None:
-                delay = self._backoff(attempt)
+                delay = backoff_s(attempt, self._backoff_base_s, self._backoff_max_s)
             log.warning("LLM request failed (%s); retry %d/%d in %.2fs",
-                        self._redact(last_problem), attempt + 1, self._max_retries, delay)
+                        redact(last_problem, self._api_key), attempt + 1, self._max_retries, delay)
             await self._sleep(delay)
         raise LLMUnavailable(
-            f"the LLM is unavailable after {attempts} attempt(s): {self._redact(last_problem)}", attempts=attempts
+            f"the LLM is unavailable after {attempts} attempt(s): {redact(last_problem, self._api_key)}",
+            attempts=attempts,
         )
 
     async def _deltas(self, response: httpx.Response) -> AsyncGenerator[Delta, None]:
@@ -212,7 +208,8 @@ class OpenAIChatProvider:
             except msgspec.DecodeError:
                 raise LLMUnavailable("the LLM sent a malformed stream chunk") from None
             if chunk.error is not None:
-                raise LLMUnavailable(f"the LLM reported an error mid-stream: {self._redact(str(chunk.error)[:300])}")
+                problem = redact(str(chunk.error)[:300], self._api_key)
+                raise LLMUnavailable(f"the LLM reported an error mid-stream: {problem}")
             if chunk.usage:
                 usage = Usage(prompt_tokens=int(chunk.usage.get("prompt_tokens") or 0),
                               completion_tokens=int(chunk.usage.get("completion_tokens") or 0))
@@ -232,55 +229,18 @@ class OpenAIChatProvider:
     def _broken(self, exc: Exception) -> LLMError:
         if isinstance(exc, httpx.ReadTimeout):
             return LLMTimeout(f"the LLM stream stalled for more than {self._read_timeout_s:g}s")
-        return LLMUnavailable(f"the LLM stream broke off: {self._redact(_describe(exc))}")
+        return LLMUnavailable(f"the LLM stream broke off: {redact(_describe(exc), self._api_key)}")
 
-    def _backoff(self, attempt: int) -> float:
-        """Exponential, capped, with "equal jitter": at least half the step, at most all of it."""
-        step = min(self._backoff_max_s, self._backoff_base_s * 2.0**attempt)
-        return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not crypto
 
-    def _retry_after(self, response: httpx.Response) -> float | None:
-        value = response.headers.get("retry-after")
-        if value is None:
-            return None
-        try:
-            seconds = float(value)
-        except ValueError:
-            try:
-                seconds = email.utils.parsedate_to_datetime(value).timestamp() - time.time()
-            except (TypeError, ValueError):
-                return None
-        if seconds != seconds:  # NaN
-            return None
-        return min(max(seconds, 0.0), self._max_retry_after_s)
 
     def _fatal(self, status: int, message: str) -> LLMError:
-        detail = f"the LLM answered HTTP {status}: {self._redact(message)}"
-        if status in _MISCONFIGURED_STATUSES:
+        detail = f"the LLM answered HTTP {status}: {redact(message, self._api_key)}"
+        if status in MISCONFIGURED_STATUSES:
             return LLMMisconfigured(detail, upstream_status=status)
         return LLMRejected(detail, upstream_status=status)
 
-    @staticmethod
-    def _provider_message(response: httpx.Response) -> str:
-        """OpenAI's `{"error": {"message": ...}}`, else the start of the body."""
-        try:
-            body = response.json()
-        except ValueError:
-            return response.text[:300].strip() or response.reason_phrase
-        if isinstance(body, dict):
-            error = body.get("error")
-            if isinstance(error, dict) and isinstance(error.get("message"), str):
-                return str(error["message"])[:500]
-            if isinstance(error, str):
-                return error[:500]
-            if isinstance(body.get("message"), str):
-                return str(body["message"])[:500]
-        return response.text[:300].strip()
 
-    def _redact(self, text: str) -> str:
-        if self._api_key:
-            text = text.replace(self._api_key, "***")
-        return _SECRET_LIKE.sub(r"\1-***", text)
+
 
 
 async def _drain(lines: AsyncIterator[str]) -> None:
