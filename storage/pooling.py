@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from typing import Any, TypeVar
 from uuid import UUID
 
@@ -134,17 +135,7 @@ def sample_all_pools() -> None:
 
 async def run_read(pool: asyncpg.Pool, fn: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
     """An idempotent read on any pooled connection, retried once if the connection dropped."""
-    for attempt in (1, 2):
-        try:
-            async with pool.acquire() as conn:
-                return await fn(conn)
-        except (*CONNECTION_LOST, asyncpg.InterfaceError) as exc:
-            if not _lost(exc):
-                raise
-            if attempt == 2:
-                raise _unavailable("the database connection was lost; try again shortly", 1) from exc
-            await asyncio.sleep(0)
-    raise AssertionError("unreachable")
+    return await _read_retrying_once(lambda: pool.acquire(), fn)
 
 
 async def run_tenant_read(
@@ -152,9 +143,17 @@ async def run_tenant_read(
     local_settings: Mapping[str, str] | None = None,
 ) -> T:
     """`run_read` inside a read-only `tenant_tx` (row-level security applies)."""
+    return await _read_retrying_once(
+        lambda: tenant_tx(pool, tenant_id, readonly=True, local_settings=local_settings), fn)
+
+
+async def _read_retrying_once(
+    connect: Callable[[], AbstractAsyncContextManager[asyncpg.Connection]],
+    fn: Callable[[asyncpg.Connection], Awaitable[T]],
+) -> T:
     for attempt in (1, 2):
         try:
-            async with tenant_tx(pool, tenant_id, readonly=True, local_settings=local_settings) as conn:
+            async with connect() as conn:
                 return await fn(conn)
         except (*CONNECTION_LOST, asyncpg.InterfaceError) as exc:
             if not _lost(exc):
