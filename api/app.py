@@ -148,7 +148,7 @@ def create_app(settings: Settings) -> Litestar:
         app.state.chat_usage = UsageRecorder(app.state.pool)  # LLM tokens, written about once a second
         app.state.chat_redis = limits_redis(settings.redis_url or "redis://127.0.0.1:6379/0")  # stream slots
         # Caches, rate limiter and their Redis client (short timeouts, degrades when Redis is down).
-        serving = start_serving(settings, app.state.pool)
+        serving = start_serving(settings, app.state.pool, app_database_url(settings))
         app.state.serving = serving
         app.state.principals = serving.principals
         app.state.rate_limiter = serving.limiter

@@ -24,6 +24,7 @@ from storage.caches.bus import InvalidationBus
 from storage.caches.guard import RedisGuard
 from storage.caches.principals import PrincipalCache
 from storage.caches.search import SearchCache
+from storage.caches.versions import VersionMap
 
 __all__ = ["ARQ_WORKER_POOL_SIZE", "Serving", "api_pool_size", "backpressure", "exception_handlers",
            "start_serving"]
@@ -31,10 +32,18 @@ __all__ = ["ARQ_WORKER_POOL_SIZE", "Serving", "api_pool_size", "backpressure", "
 ARQ_WORKER_POOL_SIZE = 4  # jobs.worker's pool per arq worker process
 
 
+def listens(settings: Settings) -> bool:
+    """Whether each API worker keeps a LISTEN connection for the collection versions
+    (storage.caches.versions); PgBouncer's transaction pooling cannot carry LISTEN."""
+    return settings.search_cache_ttl_s > 0 and not settings.db_pgbouncer
+
+
 def api_pool_size(settings: Settings) -> int:
-    """Each API worker's share of the global connection budget, at most QUARRY_DB_POOL_MAX."""
+    """Each API worker's share of the global connection budget (less its LISTEN connection),
+    at most QUARRY_DB_POOL_MAX."""
     budget = settings.db_max_connections - ARQ_WORKER_POOL_SIZE * settings.arq_workers
-    return max(1, min(settings.db_pool_max, budget // settings.api_workers))
+    per_worker = budget // settings.api_workers - (1 if listens(settings) else 0)
+    return max(1, min(settings.db_pool_max, per_worker))
 
 
 def backpressure(settings: Settings) -> int:
@@ -55,8 +64,11 @@ class Serving:
     policy: LimitsPolicy
     limiter: RateLimiter
     search_cache: SearchCache
+    versions: VersionMap | None
 
     async def aclose(self) -> None:
+        if self.versions is not None:
+            await self.versions.stop()
         await self.bus.stop()
         await self.bus_redis.aclose()
         await self.redis.aclose()
@@ -64,7 +76,7 @@ class Serving:
             multiprocess.mark_process_dead(os.getpid())  # type: ignore[no-untyped-call]
 
 
-def start_serving(settings: Settings, pool: asyncpg.Pool) -> Serving:
+def start_serving(settings: Settings, pool: asyncpg.Pool, database_url: str) -> Serving:
     url = settings.redis_url or "redis://127.0.0.1:6379/0"
     timeout = settings.redis_timeout_ms / 1000
     # Caches and limits get their own client with short timeouts (the arq client on app.state.redis
@@ -84,11 +96,15 @@ def start_serving(settings: Settings, pool: asyncpg.Pool) -> Serving:
                           redis_ttl_s=settings.principal_cache_redis_ttl_s)
     limiter = RateLimiter(guard, policy, fail_mode=settings.rate_limit_fail_mode,
                           enabled=settings.rate_limit_enabled)
+    versions = VersionMap(lambda: asyncpg.connect(database_url, server_settings={
+        "application_name": "quarry-listen"})) if listens(settings) else None
     search_cache = SearchCache(pool, guard, result_ttl_s=settings.search_cache_ttl_s,
                                embedding_ttl_s=settings.embedding_cache_ttl_s,
-                               local_entries=settings.search_cache_local_entries)
+                               local_entries=settings.search_cache_local_entries, versions=versions)
     bus.start()
-    return Serving(redis, bus_redis, guard, bus, principals, policy, limiter, search_cache)
+    if versions is not None:
+        versions.start()
+    return Serving(redis, bus_redis, guard, bus, principals, policy, limiter, search_cache, versions)
 
 
 def _database_unavailable(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:

@@ -1,15 +1,16 @@
 """Search-result and query-embedding caches (Redis only: results are shared by every worker).
 
-Result keys include the tenant and the versions of every collection searched
-(`quarry_collection_versions`: one round trip, row-level security applies). Storage bumps a
+Result keys include the tenant and the versions of every collection searched (kept in memory
+by storage.caches.versions, fed by Postgres NOTIFY; read with `quarry_collection_versions` -
+one round trip, row-level security applies - when not known or not trusted). Storage bumps a
 collection's version in the same transaction as any content change (ingest, re-ingest,
 delete), so a change makes every older entry unreachable at once (O(1) invalidation, no scan);
 stale entries simply expire. A search of all collections keys on all of them, so adding or
 deleting a collection also changes the key.
 
 Results have two tiers: an in-process LRU (`local_entries`, same TTL) in front of Redis. A
-local hit skips the Redis round trip; it can never be stale because the key carries the
-versions, which are read from Postgres on every request.
+local hit skips the Redis round trip; it is never stale because the key carries the
+versions.
 
 Query embeddings are keyed by embedder name + sha256 of the text and stored as raw float32.
 """
@@ -30,7 +31,7 @@ from core.metrics import CACHE_ERRORS, CACHE_HITS, CACHE_MISSES
 from storage.caches.guard import RedisGuard, RedisUnavailable
 from storage.caches.local import MISSING, LocalTTLCache
 from storage.models import SearchHit
-from storage.pooling import run_read
+from storage.caches.versions import VersionMap, read_versions
 
 __all__ = ["CachedSearch", "SearchCache"]
 
@@ -42,8 +43,9 @@ class CachedSearch(msgspec.Struct, array_like=True):
 
 class SearchCache:
     def __init__(self, pool: asyncpg.Pool, guard: RedisGuard, *, result_ttl_s: int, embedding_ttl_s: int,
-                 local_entries: int = 0) -> None:
+                 local_entries: int = 0, versions: VersionMap | None = None) -> None:
         self.pool = pool
+        self.versions = versions
         self.local: LocalTTLCache[str, CachedSearch] = LocalTTLCache(local_entries, result_ttl_s)
         self.guard = guard
         self.result_ttl_s = result_ttl_s
@@ -55,14 +57,14 @@ class SearchCache:
     async def result_key(
         self, tenant_id: UUID, collection_ids: Sequence[UUID] | None, fingerprint: bytes, *, pool: Any = None
     ) -> str:
-        """The cache key of one search; reads the collection versions (one round trip). `pool`:
-        the one the search itself reads from (a read replica): versions and results must come
-        from the same server, or a lagging replica's older results would be cached under the
-        primary's newer versions."""
-        ids = list(collection_ids) if collection_ids is not None else None
-        versions = await run_read(
-            pool if pool is not None else self.pool,
-            lambda conn: conn.fetchval("SELECT quarry_collection_versions($1, $2)", tenant_id, ids))
+        """The cache key of one search. `pool`: the one the search itself reads from (a read
+        replica): versions and results must come from the same server, or a lagging replica's
+        older results would be cached under the primary's newer versions - so only searches on
+        the primary use the in-memory versions."""
+        if self.versions is not None and (pool is None or pool is self.pool):
+            versions = await self.versions.versions(self.pool, tenant_id, collection_ids)
+        else:
+            versions = await read_versions(pool if pool is not None else self.pool, tenant_id, collection_ids)
         digest = hashlib.sha256(str(versions).encode() + b"\0" + fingerprint).hexdigest()
         return f"quarry:search:{tenant_id}:{digest}"
 

@@ -25,3 +25,13 @@ async def create_key(client, admin_headers: dict[str, str], role: str, **extra) 
     r = await client.post("/v1/admin/keys", json={"role": role, **extra}, headers=admin_headers)
     assert r.status_code == 201, r.text
     return r.json()
+
+
+def versions_synced(client) -> None:
+    """Waits until the app's in-memory collection versions have applied every change committed
+    so far (storage.caches.versions; one round trip on its LISTEN connection). Production
+    searches do not wait: a notification normally lands well under a millisecond after commit,
+    but a test must not depend on that race."""
+    versions = client.app.state.serving.versions
+    if versions is not None:
+        client.blocking_portal.call(versions.sync)

@@ -10,7 +10,7 @@ import msgspec
 import pytest
 from prometheus_client import REGISTRY
 
-from tests.api.helpers import bearer, create_key
+from tests.api.helpers import bearer, create_key, versions_synced
 from tests.ingest_helpers import new_collection, upload_text
 from tests.serving_helpers import concurrent_client
 
@@ -59,6 +59,7 @@ async def test_search_results_are_cached_and_invalidated_by_changes(client, make
     # Re-upload with other content: after ingestion the very same search sees the new text at once.
     await upload_text(client, t.headers, cid, "Lighthouses now use LED beacons to guide ships.", uri="lh.txt")
     await run_jobs()
+    versions_synced(client)
     changed = await search(client, t.headers, "lighthouse ships", k=1)
     assert changed.headers["x-cache"] == "miss"
     assert "LED beacons" in texts(changed)[0]
@@ -68,6 +69,7 @@ async def test_search_results_are_cached_and_invalidated_by_changes(client, make
     # Delete: gone from the next search, cached or not.
     doc_id = changed.json()["hits"][0]["document_id"]
     assert (await client.delete(f"/v1/documents/{doc_id}", headers=t.headers)).status_code == 204
+    versions_synced(client)
     after = await search(client, t.headers, "lighthouse ships", k=1)
     assert after.headers["x-cache"] == "miss"
     assert all(h["document_id"] != doc_id for h in after.json()["hits"])
@@ -75,6 +77,7 @@ async def test_search_results_are_cached_and_invalidated_by_changes(client, make
 
     # A new (empty) collection changes the all-collections key too; a collection-scoped key does not.
     await new_collection(client, t.headers, "more")
+    versions_synced(client)
     assert (await search(client, t.headers, "lighthouse ships", k=1)).headers["x-cache"] == "miss"
 
 
