@@ -30,8 +30,8 @@ import numpy.typing as npt
 from core.metrics import CACHE_ERRORS, CACHE_HITS, CACHE_MISSES
 from storage.caches.guard import RedisGuard, RedisUnavailable
 from storage.caches.local import MISSING, LocalTTLCache
-from storage.models import SearchHit
 from storage.caches.versions import VersionMap, read_versions
+from storage.models import SearchHit
 
 __all__ = ["CachedSearch", "SearchCache"]
 

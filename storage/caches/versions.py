@@ -145,7 +145,7 @@ class VersionMap:
                         await conn.fetchval("SELECT 1")
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - any failure: stop answering, reconnect
+            except Exception as exc:  # any failure: stop answering, reconnect
                 if self.live:
                     _log.warning("collection version notifications lost (%s); reading versions from "
                                  "Postgres until they are back", type(exc).__name__)
