@@ -4,11 +4,14 @@ through the admin API, headers, and the fail-open / fail-closed modes when Redis
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import msgspec
 import pytest
+from redis.asyncio import Redis
 
+from api.limits import middleware
 from tests.api.helpers import assert_problem, bearer, create_key
 from tests.serving_helpers import concurrent_client
 
@@ -197,3 +200,76 @@ async def test_redis_down(settings, app_client, make_tenant, servers, mode):
         await _wait_for_redis(client, tenant.headers)
         r = await client.get("/v1/me", headers=tenant.headers)
         assert r.status_code == 200 and int(r.headers["ratelimit-remaining"]) < 100
+
+
+# --- Token leases (storage.ratelimit.TokenLeases): limits of 200/min and more ---
+
+
+@pytest.fixture
+async def script_calls(servers):
+    """Rate-limit script calls Valkey has served so far (INFO commandstats; /v1/me runs no other script)."""
+    redis = Redis.from_url(servers.valkey.url)
+
+    async def count() -> int:
+        stats = await redis.info("commandstats")
+        return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+    yield count
+    await redis.aclose()
+
+
+async def test_a_busy_key_makes_far_fewer_script_calls_than_requests(settings, make_tenant, script_calls):
+    tenant = await make_tenant()
+    async with concurrent_client(limited(settings, "read=100000/1000000")) as (client, _):
+        await client.get("/healthz")
+        before = await script_calls()
+        seen = []  # (script calls so far, remaining) after each request
+        for _ in range(100):
+            r = await client.get("/v1/me", headers=tenant.headers)
+            assert r.status_code == 200
+            seen.append((await script_calls() - before, int(r.headers["ratelimit-remaining"])))
+    # Leases double while the requests keep coming (1, 2, 4, ... 32 tokens): 8 calls for 100
+    # requests in one rate window, a few more if the requests straddle windows.
+    assert seen[-1][0] <= 15, seen
+    # Within a lease Remaining counts down by one per request (Redis's count at lease time plus
+    # the tokens still held); it may only go up when a new lease sees the bucket refilled.
+    within = [(a[1], b[1]) for a, b in itertools.pairwise(seen) if a[0] == b[0]]
+    assert len(within) >= 80 and all(rem_b == rem_a - 1 for rem_a, rem_b in within)
+
+
+async def test_a_burst_on_a_cold_key_makes_a_few_script_calls(settings, make_tenant, script_calls):
+    """Requests that find no lease wait for the one call in flight (single flight) instead of
+    each calling Redis; the leases double, so 40 requests need at most 1+2+4+8+16+32 = 6 calls
+    (8 allowed for a burst that straddles a rate window)."""
+    tenant = await make_tenant()
+    async with concurrent_client(limited(settings, "read=100000/1000000")) as (client, _):
+        await client.get("/healthz")
+        before = await script_calls()
+        responses = await asyncio.gather(*[client.get("/v1/me", headers=tenant.headers) for _ in range(40)])
+        calls = await script_calls() - before
+    assert [r.status_code for r in responses] == [200] * 40
+    assert calls <= 8, calls
+
+
+async def test_parallel_requests_with_leases_never_exceed_the_limit(settings, make_tenant, monkeypatch):
+    """Like the exact test above, with a limit where leases are used (400/min: up to 4 tokens)."""
+    # An hour's period: the bucket refills 400/h, i.e. not during the test, so the limit is exact.
+    monkeypatch.setattr(middleware, "_PERIOD_S", 3600.0)
+    tenant = await make_tenant()
+    spec, limit, cap = limited(settings, "read=400/100000"), 400, 4
+    async with concurrent_client(spec) as (one, app_one), concurrent_client(spec) as (two, app_two):
+        for app in (app_one, app_two):
+            # Leases that outlive the test: on a loaded machine an expired lease would lose its
+            # tokens (allowed under-admission), which is not what this test counts.
+            app.state.rate_limiter.leases.lease_s = 3600.0
+        await one.get("/healthz")
+        responses = await asyncio.gather(*[(one, two)[i % 2].get("/v1/me", headers=tenant.headers)
+                                           for i in range(600)])
+    ok = [r for r in responses if r.status_code == 200]
+    refused = [r for r in responses if r.status_code == 429]
+    assert len(ok) + len(refused) == 600
+    # Never more than the limit; short of it by at most what each worker's last lease still holds.
+    assert limit - 2 * (cap - 1) <= len(ok) <= limit
+    for r in refused:
+        assert assert_problem(r, 429)["scope"] == "key"
+        assert r.headers["ratelimit-remaining"] == "0" and int(r.headers["retry-after"]) >= 1
