@@ -180,7 +180,9 @@ class TokenLeases:
     it takes to use it up and a key doing 1 req/s keeps b = 1. It is capped by `max_lease`, by
     1/100 of the smallest limit (limits below 200/min never lease: exact per request) and by
     the tokens Redis last said were left (near the limit leases shrink to 1). A refused lease
-    of b > 1 is retried for one token, so a request is refused only when a single one would be.
+    of b > 1 is retried for one token, so a request is refused only when a single one would be;
+    once Redis has said no token is left, requests call it one by one (exact) until one finds
+    tokens left again.
 
     Single flight: one lease call per bucket set is in flight at a time; requests that find no
     usable lease meanwhile wait for it and take their tokens from it (or lead the next call).
@@ -204,6 +206,10 @@ class TokenLeases:
         bs = self._sets.setdefault(tuple(buckets), _BucketSet())
         bs.count(now, self.lease_s / 2)
         while (decision := bs.lease.take(now) if bs.lease else None) is None:
+            if bs.redis_left == 0:
+                # At the limit: each request asks Redis for itself, concurrently, as without
+                # leases (queueing refusals behind one call at a time would only slow them).
+                return await self._call(bs, buckets, 1)
             if bs.inflight is None:
                 return await self._lead(bs, buckets, cap)
             # asyncio.wait, not `await bs.inflight`: cancelling this waiter must not cancel the
@@ -220,11 +226,10 @@ class TokenLeases:
             # so a burst on a cold bucket set is counted in the lease's size.
             await asyncio.sleep(0)
             size = max(1, min(cap, max(bs.prev, bs.seen), bs.redis_left))
-            decision = await self._hit(buckets, size)
+            decision = await self._call(bs, buckets, size)
             if not decision.allowed and size > 1:  # near the limit: exact again
                 size = 1
-                decision = await self._hit(buckets, 1)
-            bs.redis_left = min(s.remaining for s in decision.states)
+                decision = await self._call(bs, buckets, 1)
             if not decision.allowed:
                 return decision
             now = self._clock()
@@ -234,6 +239,11 @@ class TokenLeases:
             # Also on failure or cancellation: the waiters look again, and one of them leads.
             bs.inflight = None
             done.set_result(None)
+
+    async def _call(self, bs: _BucketSet, buckets: Sequence[Bucket], cost: int) -> Decision:
+        decision = await self._hit(buckets, cost)
+        bs.redis_left = min(s.remaining for s in decision.states)
+        return decision
 
     def _sweep(self, now: float) -> None:
         """Forget bucket sets idle for a while (their leases have expired, their rate is 0)."""

@@ -157,6 +157,21 @@ async def test_near_the_limit_a_refused_lease_falls_back_to_one_token(gcra):
     assert results[-1].retry_after_s >= 1
 
 
+async def test_at_the_limit_requests_call_redis_concurrently(gcra):
+    """Once Redis has said nothing is left, requests do not queue behind one call at a time
+    (a flood of refused requests would pile up): each asks Redis itself, as without leases."""
+    leases, rec, _ = make(gcra)
+    buckets = bucket_set(1000, period_s=SLOW)
+    assert (await gcra.hit(buckets, 1000)).allowed  # another process took everything
+    assert not (await leases.hit(buckets)).allowed
+    rec.gate = asyncio.Event()
+    tasks = [asyncio.create_task(leases.hit(buckets)) for _ in range(5)]
+    await rec.until_calls(1 + 5)  # all five in flight at once
+    rec.gate.set()
+    results = await asyncio.gather(*tasks)
+    assert rec.costs == [1] * 6 and not any(d.allowed for d in results)
+
+
 async def test_two_processes_racing_never_exceed_the_limit(gcra):
     """Two lease holders (two API workers) with parallel requests: never more than the limit,
     and at most each one's last lease short of it."""
