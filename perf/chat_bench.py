@@ -67,7 +67,6 @@ async def _quarry_chat(http: Any, url: str, key: str, nonce: str, expected_token
     the load generator shares the machine with what it measures."""
     question = f"{nonce} {QUESTION}"
     record: dict[str, Any] = {"ok": False, "ttft": None, "error": None, "interleaved": False, "question": question}
-    mine = f'"{nonce}:'.encode()
     tokens = 0
     started = time.perf_counter()
     event = b""
@@ -87,8 +86,10 @@ async def _quarry_chat(http: Any, url: str, key: str, nonce: str, expected_token
                 elif event == b"token":
                     if record["ttft"] is None:
                         record["ttft"] = time.perf_counter() - started
-                    tokens += 1
-                    if mine not in line:
+                    # One event may carry several tokens (those the platform read together).
+                    count = line.count(b"%s:" % nonce.encode())
+                    tokens += count
+                    if not count:
                         record["interleaved"] = True  # a token of another stream
                 elif event == b"error":
                     record["error"] = json.loads(line[5:])["code"]
@@ -280,6 +281,17 @@ def _cpu_seconds(pid: int) -> float:
     return total
 
 
+def _profile_workers(pid: int, out: Path, label: str, duration: float) -> list[subprocess.Popen[bytes]]:
+    """py-spy on every API worker for most of a phase (py-spy must be installed: pip install py-spy)."""
+    import psutil
+
+    out.mkdir(parents=True, exist_ok=True)
+    return [subprocess.Popen([str(BIN / "py-spy"), "record", "-p", str(child.pid), "-d", str(max(1, int(duration) - 2)),
+                              "-r", "200", "-f", "raw", "-o", str(out / f"{label}-{child.pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for child in psutil.Process(pid).children()]
+
+
 def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -434,6 +446,8 @@ def main() -> None:
     p.add_argument("--pool-max", type=int, default=20, help="QUARRY_DB_POOL_MAX per API worker")
     p.add_argument("--disconnects", type=int, default=20, help="streams to hang up on after the first token")
     p.add_argument("--out", type=Path, help="also write chat-bench-<time>.json/.md here")
+    p.add_argument("--py-spy", type=Path, metavar="DIR",
+                   help="record each API worker with py-spy during the quarry phases (collapsed stacks in DIR)")
     args = p.parse_args()
 
     import psutil
@@ -490,9 +504,12 @@ def main() -> None:
             load = os.getloadavg()[0]
             api_cpu, sim_cpu = _cpu_seconds(api.pid), _cpu_seconds(sim.pid)
             psutil.cpu_percent()
+            spies = _profile_workers(api.pid, args.py_spy, f"c{concurrency}", args.duration) if args.py_spy else []
             quarry, wall = run_load("quarry", api_url, key, concurrency, args.client_procs, args.duration,
                                     args.tokens)
             busy = psutil.cpu_percent()
+            for spy in spies:
+                spy.wait()
             api_cpu, sim_cpu = _cpu_seconds(api.pid) - api_cpu, _cpu_seconds(sim.pid) - sim_cpu
             summary = summarise(quarry, wall, expected)
             chats = max(summary["completed"], 1)

@@ -5,11 +5,11 @@ and keeping API keys out of every message."""
 from __future__ import annotations
 
 import email.utils
+import json
 import random
 import re
 import time
-
-import httpx
+from collections.abc import Mapping
 
 __all__ = ["MISCONFIGURED_STATUSES", "backoff_s", "provider_message", "redact", "retry_after_s"]
 
@@ -24,9 +24,10 @@ def backoff_s(attempt: int, base_s: float, max_s: float) -> float:
     return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not crypto
 
 
-def retry_after_s(response: httpx.Response, max_s: float) -> float | None:
-    """The `Retry-After` header (seconds or an HTTP date) bounded to [0, max_s]; None if absent."""
-    value = response.headers.get("retry-after")
+def retry_after_s(headers: Mapping[str, str], max_s: float) -> float | None:
+    """The `Retry-After` header (seconds or an HTTP date) bounded to [0, max_s]; None if absent.
+    `headers`: case-insensitive (httpx's or aiohttp's)."""
+    value = headers.get("retry-after")
     if value is None:
         return None
     try:
@@ -41,12 +42,14 @@ def retry_after_s(response: httpx.Response, max_s: float) -> float | None:
     return min(max(seconds, 0.0), max_s)
 
 
-def provider_message(response: httpx.Response) -> str:
-    """OpenAI's `{"error": {"message": ...}}`, else the start of the body."""
+def provider_message(content: bytes, reason: str) -> str:
+    """OpenAI's `{"error": {"message": ...}}` in an error response's body, else the start of the
+    body, else the status line's reason."""
+    text = content.decode("utf-8", "replace")
     try:
-        body = response.json()
+        body = json.loads(text)
     except ValueError:
-        return response.text[:300].strip() or response.reason_phrase
+        return text[:300].strip() or reason
     if isinstance(body, dict):
         error = body.get("error")
         if isinstance(error, dict) and isinstance(error.get("message"), str):
@@ -55,7 +58,7 @@ def provider_message(response: httpx.Response) -> str:
             return error[:500]
         if isinstance(body.get("message"), str):
             return str(body["message"])[:500]
-    return response.text[:300].strip()
+    return text[:300].strip()
 
 
 def redact(text: str, api_key: str | None) -> str:

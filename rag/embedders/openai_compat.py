@@ -146,11 +146,11 @@ class OpenAIEmbedder:
                 status = response.status_code
                 if status == 200:
                     return response
-                message = provider_message(response)
+                message = provider_message(response.content, response.reason_phrase)
                 if status not in RETRYABLE_STATUSES:
                     raise self._fatal(status, message)
                 last_problem = f"HTTP {status}: {message}"
-                delay = retry_after_s(response, self._max_retry_after_s)
+                delay = retry_after_s(response.headers, self._max_retry_after_s)
             if attempt + 1 == attempts:
                 break
             if delay is None:

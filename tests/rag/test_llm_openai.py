@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import logging
 
-import httpx
 import pytest
 
 from core.errors import BadRequest, Unavailable
@@ -57,7 +56,8 @@ async def test_streams_text_and_reports_usage(provider, sim):
     sim.reply_next(Reply(text="Penguins live in Antarctica [1]."))
     deltas = [d async for d in provider.stream(QUESTION, max_tokens=50)]
     texts = [d.text for d in deltas if isinstance(d, TextDelta)]
-    assert "".join(texts) == "Penguins live in Antarctica [1]." and len(texts) == 5
+    # Five tokens; those that arrive in one read come as one delta.
+    assert "".join(texts) == "Penguins live in Antarctica [1]." and 1 <= len(texts) <= 5
     finish = deltas[-1]
     assert finish.reason == "stop" and finish.usage.completion_tokens == 5 and finish.usage.prompt_tokens > 0
     body = sim.chat_requests[0].json()
@@ -159,13 +159,27 @@ async def test_cancelling_closes_the_http_stream_at_once():
 
 
 async def test_malformed_stream_is_unavailable():
-    async def handler(request: httpx.Request) -> httpx.Response:
-        return httpx.Response(200, content=b"data: {not json\n\n", headers={"content-type": "text/event-stream"})
+    body = b"data: {not json\n\n"
 
-    llm = OpenAIChatProvider(base_url="http://llm.test/v1", model="m", transport=httpx.MockTransport(handler))
-    with pytest.raises(LLMUnavailable, match="malformed"):
-        await collect(llm, QUESTION)
-    await llm.aclose()
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:"))
+        await reader.readexactly(length)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n%s"
+                     % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    llm = OpenAIChatProvider(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=0)
+    try:
+        with pytest.raises(LLMUnavailable, match="malformed"):
+            await collect(llm, QUESTION)
+    finally:
+        await llm.aclose()
+        server.close()
 
 
 def test_make_llm_provider_follows_settings():
