@@ -71,14 +71,14 @@ async def _quarry_chat(http: Any, url: str, key: str, nonce: str, expected_token
     started = time.perf_counter()
     event = b""
     try:
-        async with http.stream("POST", f"{url}/v1/chat", json={"message": question, "stream": True},
-                               headers={"Authorization": f"Bearer {key}"}) as response:
-            record["status"] = response.status_code
-            if response.status_code != 200:
-                await response.aread()
-                record["error"] = f"HTTP {response.status_code}"
+        async with http.post(f"{url}/v1/chat", json={"message": question, "stream": True},
+                             headers={"Authorization": f"Bearer {key}"}) as response:
+            record["status"] = response.status
+            if response.status != 200:
+                await response.read()
+                record["error"] = f"HTTP {response.status}"
                 return record
-            async for line in _lines(response):
+            async for line in response.content:
                 if line.startswith(b"event:"):
                     event = line[6:].strip()
                 elif not line.startswith(b"data:"):
@@ -115,14 +115,15 @@ async def _sim_chat(http: Any, url: str, nonce: str, expected_tokens: int) -> di
     started = time.perf_counter()
     body = {"model": "sim-llm", "stream": True, "messages": [{"role": "user", "content": question}]}
     try:
-        async with http.stream("POST", f"{url}/chat/completions", json=body) as response:
-            record["status"] = response.status_code
-            async for line in _lines(response):
+        async with http.post(f"{url}/chat/completions", json=body) as response:
+            record["status"] = response.status
+            async for line in response.content:
                 if not line.startswith(b"data:"):
                     continue
                 if line.startswith(b"data: [DONE]"):
                     record["interleaved"] |= tokens != expected_tokens
                     record["ok"] = True
+                    await response.read()  # to the end of the body: the connection is reused
                     break
                 if b'"content": "' in line and b'"content": ""' not in line:
                     if record["ttft"] is None:
@@ -138,29 +139,19 @@ async def _sim_chat(http: Any, url: str, nonce: str, expected_tokens: int) -> di
     return record
 
 
-async def _lines(response: Any) -> Any:
-    """Lines of a streamed body, as bytes (no text decoding)."""
-    pending = b""
-    async for chunk in response.aiter_raw():
-        pending += chunk
-        *lines, pending = pending.split(b"\n")
-        for line in lines:
-            yield line
-    if pending:
-        yield pending
-
-
 async def _client(args: argparse.Namespace) -> list[dict[str, Any]]:
     """`--users` closed-loop users, each with its own keep-alive connection, as separate people
-    are. (One shared httpx pool of hundreds of connections made this client the bottleneck:
-    httpcore scans every pooled connection on each request and release, and when a wave of
-    streams ended together new requests waited seconds in the client before they were sent.)"""
-    import httpx
+    are. aiohttp, not httpx: the load generator shares the machine with what it measures, and
+    reads a token for about a third of httpx's CPU. (One shared httpx pool of hundreds of
+    connections also made this client the bottleneck: httpcore scans every pooled connection
+    on each request and release, and when a wave of streams ended together new requests waited
+    seconds in the client before they were sent.)"""
+    import aiohttp
 
     async def user(index: int) -> list[dict[str, Any]]:
         out, n = [], 0
-        limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
-        async with httpx.AsyncClient(timeout=httpx.Timeout(120, connect=30), limits=limits) as http:
+        timeout = aiohttp.ClientTimeout(total=120, connect=30)
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as http:
             await asyncio.sleep(max(0.0, args.start_at - time.time()))
             while time.time() < deadline:
                 nonce = f"p{args.proc}u{index}n{n}"
@@ -419,8 +410,10 @@ def markdown(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in report["runs"]:
-        for target in ("reference", "quarry"):
-            s = run[target]
+        for target in ("reference", "floor", "quarry"):
+            s = run.get(target)
+            if s is None:
+                continue
             lines.append(
                 f"| {run['concurrency']} | {target} | {s['chats_per_s']} | {s['ttft_ms']['p50']} | "
                 f"{s['ttft_ms']['p95']} | {s['overhead_ms']['p50']} | {s['overhead_ms']['p95']} | "
@@ -428,6 +421,8 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{s['interleaved']} | {s['errors'] or ''} | "
                 f"{s.get('api_cpu_ms_per_chat', '')} | {s.get('machine_cpu_busy_pct', '')}% |")
     lines += ["", "Times in ms. `reference` streams straight from the simulator (its own lag and the clients');",
+              "`floor` is a bare ASGI app under the same Granian options sending the same events from a timer",
+              "(perf/sse_floor.py: what any Python app streaming this much costs here);",
               "`quarry` streams `POST /v1/chat` through the platform. Overhead = TTFT - the simulated LLM's TTFT."]
     if report.get("disconnect_check"):
         d = report["disconnect_check"]
@@ -493,6 +488,18 @@ def main() -> None:
                       "--backlog", "2048", "--no-access-log", "api.app:app_factory"], env, tmp / "api.log")
         stack.callback(_stop, api)
         api_url = f"http://127.0.0.1:{api_port}"
+        floor_url = None
+        if args.scenario == "direct":  # the same SSE from a bare ASGI app under the same Granian options
+            floor_port = free_port()
+            floor = _spawn([str(BIN / "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--port",
+                            str(floor_port), "--workers", str(args.api_workers), "--loop", "uvloop", "--backlog",
+                            "2048", "--no-access-log", "perf.sse_floor:app"],
+                           {**os.environ, "QUARRY_FLOOR_TTFT_MS": str(args.ttft_ms),
+                            "QUARRY_FLOOR_TOKENS_PER_S": str(args.tokens_per_s),
+                            "QUARRY_FLOOR_TOKENS": str(args.tokens)}, tmp / "floor.log")
+            stack.callback(_stop, floor)
+            floor_url = f"http://127.0.0.1:{floor_port}"
+            _wait_http(f"{floor_url}/readyz", floor)
         _wait_http(f"{sim_url}/models", sim)
         _wait_http(f"{api_url}/readyz", api)
         log(f"API {api_url} ({args.api_workers} workers), simulated LLM {sim_url}")
@@ -511,6 +518,13 @@ def main() -> None:
             psutil.cpu_percent()
             ref, ref_wall = run_load("sim", sim_url, "", concurrency, args.client_procs, args.duration, args.tokens)
             ref_busy = psutil.cpu_percent()
+            floor_summary = None
+            if floor_url is not None:
+                log(f"{concurrency} concurrent streams: floor (a bare ASGI app under Granian, same events)")
+                floor_records, floor_wall = run_load("quarry", floor_url, "", concurrency, args.client_procs,
+                                                     args.duration, args.tokens)
+                floor_summary = summarise(floor_records, floor_wall, lambda _q: float(args.ttft_ms))
+                floor_summary["machine_cpu_busy_pct"] = psutil.cpu_percent()
             log(f"{concurrency} concurrent streams: quarry")
             load = os.getloadavg()[0]
             api_cpu, sim_cpu = _cpu_seconds(api.pid), _cpu_seconds(sim.pid)
@@ -534,7 +548,7 @@ def main() -> None:
             summary["machine_cpu_busy_pct"] = busy
             reference = summarise(ref, ref_wall, lambda _q: float(args.ttft_ms))
             reference["machine_cpu_busy_pct"] = ref_busy
-            runs.append({"concurrency": concurrency, "reference": reference, "quarry": summary,
+            runs.append({"concurrency": concurrency, "reference": reference, "floor": floor_summary, "quarry": summary,
                          "loadavg_1m_before": round(load, 2)})
             log(json.dumps(runs[-1]["quarry"]))
 
