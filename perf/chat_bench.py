@@ -370,7 +370,7 @@ def _expected_ttft_ms(args: argparse.Namespace, question: str) -> float:
     arguments = json.dumps({"query": question[:500]})
     third = max(1, len(arguments) // 3)
     fragments = math.ceil(len(arguments) / third)
-    return 2 * args.ttft_ms + (fragments - 1) * 1000 / args.tokens_per_s
+    return float(2 * args.ttft_ms + (fragments - 1) * 1000 / args.tokens_per_s)
 
 
 def summarise(records: list[dict[str, Any]], wall_s: float, expected: Any) -> dict[str, Any]:

@@ -389,7 +389,8 @@ def _error(message: str, kind: str = "invalid_request_error") -> dict[str, Any]:
 async def _race(work: Any, watcher: asyncio.Future[None]) -> bool:
     """Run the reply until it ends or the client hangs up (then the reply is cancelled)."""
     task: asyncio.Task[bool] = asyncio.ensure_future(work)
-    done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    racers: set[asyncio.Future[Any]] = {task, watcher}
+    done, _ = await asyncio.wait(racers, return_when=asyncio.FIRST_COMPLETED)
     if task in done:
         return task.result()
     task.cancel()
