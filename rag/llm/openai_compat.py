@@ -44,6 +44,8 @@ RETRYABLE_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504})
 _TRANSIENT_ERRORS = (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError)
 _JSON = {"Content-Type": "application/json"}
 _DRAIN_S = 1.0
+_MAX_ERROR_BODY = 64 * 1024  # of an error response, for its message
+_MAX_EVENT = 1024 * 1024  # one SSE line; a stream without line breaks is broken, not buffered for ever
 _message_encoder = msgspec.json.Encoder()
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -161,7 +163,7 @@ class OpenAIChatProvider:
                             started = True
                             yield delta
                         return
-                    message = provider_message(await response.read(), response.reason or "")
+                    message = provider_message(await _read_at_most(response, _MAX_ERROR_BODY), response.reason or "")
                     if response.status not in RETRYABLE_STATUSES:
                         raise self._fatal(response.status, message)
                     last_problem = f"HTTP {response.status}: {message}"
@@ -195,8 +197,12 @@ class OpenAIChatProvider:
         async for received in response.content.iter_any():
             pending += received
             if b"\n" not in received:
+                if len(pending) > _MAX_EVENT:
+                    raise LLMUnavailable("the LLM sent a stream line longer than 1 MiB")
                 continue
             *lines, pending = pending.split(b"\n")
+            if len(pending) > _MAX_EVENT:
+                raise LLMUnavailable("the LLM sent a stream line longer than 1 MiB")
             for line in lines:
                 if not line.startswith(b"data:"):
                     continue  # blank separators, comments (": ping"), `event:`/`id:` fields
@@ -254,9 +260,20 @@ async def _drain(response: aiohttp.ClientResponse) -> None:
     to the pool instead of being closed; a server that keeps talking loses it after a moment."""
     try:
         async with asyncio.timeout(_DRAIN_S):
-            await response.read()
+            await _read_at_most(response, _MAX_ERROR_BODY)
     except (TimeoutError, *_TRANSIENT_ERRORS):
         pass
+
+
+async def _read_at_most(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The body up to its end or `limit` bytes (a body longer than that is cut, and its
+    connection is closed on release rather than reused)."""
+    parts: list[bytes] = []
+    left = limit
+    while left > 0 and (data := await response.content.read(left)):
+        parts.append(data)
+        left -= len(data)
+    return b"".join(parts)
 
 
 def _describe(exc: Exception) -> str:

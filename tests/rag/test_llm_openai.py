@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -137,7 +138,8 @@ async def test_a_stall_mid_stream_is_not_retried(sim):
         async for delta in llm.stream(QUESTION):
             seen.append(delta)
     await llm.aclose()
-    assert [d.text for d in seen] == ["a ", "b "] and len(sim.chat_requests) == 1
+    # Two tokens came (in one delta or two, as they were read) and no retry repeated them.
+    assert "".join(d.text for d in seen) == "a b " and len(sim.chat_requests) == 1
 
 
 async def test_cancelling_closes_the_http_stream_at_once():
@@ -158,8 +160,9 @@ async def test_cancelling_closes_the_http_stream_at_once():
         await llm.aclose()
 
 
-async def test_malformed_stream_is_unavailable():
-    body = b"data: {not json\n\n"
+@contextlib.asynccontextmanager
+async def fixed_llm(body: bytes):
+    """A local HTTP/1.1 server answering every request with `body` as a 200 event stream."""
 
     async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         head = await reader.readuntil(b"\r\n\r\n")
@@ -172,14 +175,27 @@ async def test_malformed_stream_is_unavailable():
         writer.close()
 
     server = await asyncio.start_server(answer, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    llm = OpenAIChatProvider(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=0)
+    llm = OpenAIChatProvider(base_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1", model="m",
+                             max_retries=0)
     try:
-        with pytest.raises(LLMUnavailable, match="malformed"):
-            await collect(llm, QUESTION)
+        yield llm
     finally:
         await llm.aclose()
         server.close()
+
+
+async def test_malformed_stream_is_unavailable():
+    async with fixed_llm(b"data: {not json\n\n") as llm:
+        with pytest.raises(LLMUnavailable, match="malformed"):
+            await collect(llm, QUESTION)
+
+
+@pytest.mark.parametrize("tail", [b"", b"\n"])
+async def test_a_stream_line_without_end_is_cut_off(tail):
+    """A line is never buffered beyond 1 MiB, whether or not a line break came before it."""
+    async with fixed_llm(b": ok\n" * bool(tail) + b"data: " + b"x" * (2 * 1024 * 1024) + tail) as llm:
+        with pytest.raises(LLMUnavailable, match="longer than 1 MiB"):
+            await collect(llm, QUESTION)
 
 
 def test_make_llm_provider_follows_settings():
