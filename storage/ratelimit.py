@@ -203,7 +203,10 @@ class TokenLeases:
             return await self._hit(buckets, 1)
         now = self._clock()
         self._sweep(now)
-        bs = self._sets.setdefault(tuple(buckets), _BucketSet())
+        key = tuple(buckets)
+        bs = self._sets.get(key)
+        if bs is None:  # not setdefault: that would build a _BucketSet on every request
+            bs = self._sets[key] = _BucketSet()
         bs.count(now, self.lease_s / 2)
         while (decision := bs.lease.take(now) if bs.lease else None) is None:
             if bs.redis_left == 0:
