@@ -42,6 +42,7 @@ from api.serving import exception_handlers as serving_exception_handlers
 from api.shutdown import shutdown_lifespan
 from api.sources.controllers import SourceController
 from core.errors import QuarryError
+from core.gc_tuning import freeze_startup_objects
 from core.logs import configure_logging, request_id_var
 from core.settings import Settings, load_settings
 from core.telemetry import TracingArqRedis, setup_telemetry
@@ -206,4 +207,7 @@ def app_factory() -> Litestar:
     """Granian entry point (`--factory`): settings from the environment."""
     settings = load_settings()
     configure_logging(settings.log_level)
-    return create_app(settings)
+    app = create_app(settings)
+    # Here, not in create_app: tests build many apps in one process and must not freeze theirs.
+    freeze_startup_objects()  # full GC passes no longer walk the app's own objects (core/gc_tuning.py)
+    return app
