@@ -152,7 +152,10 @@ async def _client(args: argparse.Namespace) -> list[dict[str, Any]]:
         out, n = [], 0
         timeout = aiohttp.ClientTimeout(total=120, connect=30)
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1), timeout=timeout) as http:
-            await asyncio.sleep(max(0.0, args.start_at - time.time()))
+            # --ramp: user g of N starts g/N of the ramp late (users arrive spread out, as in a
+            # ramped load test); without it every user's first chat starts at the same instant.
+            offset = args.ramp * (index * args.procs + args.proc) / max(1, args.total_users)
+            await asyncio.sleep(max(0.0, args.start_at + offset - time.time()))
             while time.time() < deadline:
                 nonce = f"p{args.proc}u{index}n{n}"
                 n += 1
@@ -179,6 +182,9 @@ def client_main(argv: list[str]) -> None:
     p.add_argument("--start-at", type=float, required=True)
     p.add_argument("--tokens", type=int, required=True)
     p.add_argument("--proc", type=int, default=0)
+    p.add_argument("--procs", type=int, default=1)
+    p.add_argument("--total-users", type=int, default=0)
+    p.add_argument("--ramp", type=float, default=0.0)
     args = p.parse_args(argv)
     try:
         import uvloop
@@ -190,15 +196,16 @@ def client_main(argv: list[str]) -> None:
 
 
 def run_load(target: str, url: str, key: str, users: int, procs: int, duration: float,
-             tokens: int) -> tuple[list[dict[str, Any]], float]:
-    """N closed-loop users over `procs` client processes; returns (records, wall seconds)."""
+             tokens: int, ramp: float = 0.0) -> tuple[list[dict[str, Any]], float]:
+    """N closed-loop users over `procs` client processes, starting together or spread over
+    `ramp` seconds; returns (records, wall seconds)."""
     start_at = time.time() + 2.0  # every process ready before the clock starts
     shares = [users // procs + (1 if i < users % procs else 0) for i in range(procs)]
     children = [
         subprocess.Popen(
             [sys.executable, __file__, "_client", "--target", target, "--url", url, "--key", key,
              "--users", str(n), "--duration", str(duration), "--start-at", str(start_at), "--tokens", str(tokens),
-             "--proc", str(i)],
+             "--proc", str(i), "--procs", str(procs), "--total-users", str(users), "--ramp", str(ramp)],
             stdout=subprocess.PIPE, cwd=REPO)
         for i, n in enumerate(shares) if n
     ]
@@ -389,8 +396,8 @@ def summarise(records: list[dict[str, Any]], wall_s: float, expected: Any) -> di
         "ttft_ms": {"p50": _pct(ttft, 0.5), "p95": _pct(ttft, 0.95), "p99": _pct(ttft, 0.99)},
         "overhead_ms": {"p50": _pct(overhead, 0.5), "p95": _pct(overhead, 0.95), "p99": _pct(overhead, 0.99),
                         "mean": round(statistics.fmean(overhead), 1) if overhead else None},
-        # Every user's first chat starts at the same instant (a burst of N chat setups at once);
-        # the chats after it arrive spread out, as a steady stream of users does.
+        # Without --ramp every user's first chat starts at the same instant (a burst of N chat
+        # setups at once); the chats after it arrive more spread out.
         "overhead_after_first_ms": {"p50": _pct(steady, 0.5), "p95": _pct(steady, 0.95), "p99": _pct(steady, 0.99)},
         "total_ms": {"p50": _pct([r["total"] * 1000 for r in ok], 0.5),
                      "p95": _pct([r["total"] * 1000 for r in ok], 0.95)},
@@ -403,7 +410,9 @@ def markdown(report: dict[str, Any]) -> str:
         f"# Chat TTFT overhead ({cfg['scenario']} scenario)", "",
         f"{report['machine']['cpus']} CPUs, {cfg['api_workers']} Granian workers, simulated LLM TTFT "
         f"{cfg['ttft_ms']} ms at {cfg['tokens_per_s']} tokens/s, {cfg['tokens']} tokens per answer, "
-        f"{cfg['duration_s']} s per phase, {cfg['client_procs']} client processes.", "",
+        f"{cfg['duration_s']} s per phase, {cfg['client_procs']} client processes, "
+        + (f"users' first chats spread over {cfg['ramp_s']} s." if cfg.get("ramp_s")
+           else "every user's first chat at the same instant."), "",
         "| concurrent streams | target | chats/s | TTFT p50 | TTFT p95 | overhead p50 | overhead p95 | "
         "overhead p99 | overhead p95 after first chat | dropped | interleaved | errors | API CPU ms/chat | "
         "machine CPU busy |",
@@ -449,6 +458,8 @@ def main() -> None:
     p.add_argument("--api-workers", type=int, default=os.cpu_count() or 2)
     p.add_argument("--client-procs", type=int, default=2)
     p.add_argument("--pool-max", type=int, default=20, help="QUARRY_DB_POOL_MAX per API worker")
+    p.add_argument("--ramp", type=float, default=0.0, metavar="S",
+                   help="spread the users' first chats over S seconds (default: all start at the same instant)")
     p.add_argument("--disconnects", type=int, default=20, help="streams to hang up on after the first token")
     p.add_argument("--out", type=Path, help="also write chat-bench-<time>.json/.md here")
     p.add_argument("--records", type=Path, metavar="DIR", help="write every chat's record (JSON) per phase to DIR")
@@ -516,13 +527,14 @@ def main() -> None:
         for concurrency in args.concurrency:
             log(f"{concurrency} concurrent streams: reference (straight to the simulator)")
             psutil.cpu_percent()
-            ref, ref_wall = run_load("sim", sim_url, "", concurrency, args.client_procs, args.duration, args.tokens)
+            ref, ref_wall = run_load("sim", sim_url, "", concurrency, args.client_procs, args.duration, args.tokens,
+                                     args.ramp)
             ref_busy = psutil.cpu_percent()
             floor_summary = None
             if floor_url is not None:
                 log(f"{concurrency} concurrent streams: floor (a bare ASGI app under Granian, same events)")
                 floor_records, floor_wall = run_load("quarry", floor_url, "", concurrency, args.client_procs,
-                                                     args.duration, args.tokens)
+                                                     args.duration, args.tokens, args.ramp)
                 floor_summary = summarise(floor_records, floor_wall, lambda _q: float(args.ttft_ms))
                 floor_summary["machine_cpu_busy_pct"] = psutil.cpu_percent()
             log(f"{concurrency} concurrent streams: quarry")
@@ -531,7 +543,7 @@ def main() -> None:
             psutil.cpu_percent()
             spies = _profile_workers(api.pid, args.py_spy, f"c{concurrency}", args.duration) if args.py_spy else []
             quarry, wall = run_load("quarry", api_url, key, concurrency, args.client_procs, args.duration,
-                                    args.tokens)
+                                    args.tokens, args.ramp)
             busy = psutil.cpu_percent()
             for spy in spies:
                 spy.wait()
@@ -557,7 +569,7 @@ def main() -> None:
         report = {
             "config": {"scenario": args.scenario, "ttft_ms": args.ttft_ms, "tokens_per_s": args.tokens_per_s,
                        "tokens": args.tokens, "duration_s": args.duration, "api_workers": args.api_workers,
-                       "client_procs": args.client_procs, "db_pool_max": args.pool_max},
+                       "client_procs": args.client_procs, "db_pool_max": args.pool_max, "ramp_s": args.ramp},
             "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "runs": runs,
             "disconnect_check": disconnects,
