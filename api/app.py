@@ -142,9 +142,9 @@ def create_app(settings: Settings) -> Litestar:
         )
         app.state.settings = settings
         app.state.blobs = BlobStore.under(settings.data_path)
-        app.state.embedder = make_embedder(settings)  # loads lazily, on the first query
+        app.state.embedder = make_embedder(settings, for_queries=True)  # loads lazily, on the first query
         # Collections a backfill switched to another embedder are searched with that one.
-        app.state.embedders = EmbedderResolver(app.state.embedder, settings)
+        app.state.embedders = EmbedderResolver(app.state.embedder, settings, for_queries=True)
         app.state.llm = make_llm_provider(settings)  # connects on the first chat
         app.state.chat_usage = UsageRecorder(app.state.pool)  # LLM tokens, written about once a second
         app.state.chat_redis = limits_redis(settings.redis_url or "redis://127.0.0.1:6379/0")  # stream slots

@@ -21,9 +21,9 @@ class UnknownEmbedder(LookupError):
     pass
 
 
-def embedder_from_spec(spec: EmbedderSpec, settings: Settings) -> Embedder:
+def embedder_from_spec(spec: EmbedderSpec, settings: Settings, *, for_queries: bool = False) -> Embedder:
     if spec.kind == "minilm":
-        return MiniLMEmbedder.from_settings(settings)
+        return MiniLMEmbedder.from_settings(settings, for_queries=for_queries)
     return OpenAIEmbedder(
         base_url=spec.base_url or settings.openai_base_url, model=spec.model, dim=spec.dim,
         api_key=settings.openai_api_key, timeout_s=settings.openai_timeout_s,
@@ -42,10 +42,13 @@ def spec_of(embedder: Embedder, *, base_url: str | None = None) -> EmbedderSpec:
 
 
 class EmbedderResolver:
-    """Embedders by name, built once per resolver; `extra` are ready-made ones (tests)."""
+    """Embedders by name, built once per resolver; `extra` are ready-made ones (tests);
+    `for_queries`: the API's resolver (embedders built for search queries)."""
 
-    def __init__(self, default: Embedder, settings: Settings, extra: list[Embedder] | None = None) -> None:
+    def __init__(self, default: Embedder, settings: Settings, extra: list[Embedder] | None = None, *,
+                 for_queries: bool = False) -> None:
         self.settings = settings
+        self.for_queries = for_queries
         self.default = default
         self._by_name: dict[str, Embedder] = {default.name: default}
         self._owned: list[Embedder] = []
@@ -57,7 +60,7 @@ class EmbedderResolver:
             spec = await embedder_repo.get_spec(conn, name)
             if spec is None:
                 raise UnknownEmbedder(f"the embedder {name!r} is not registered on this platform")
-            embedder = embedder_from_spec(spec, self.settings)
+            embedder = embedder_from_spec(spec, self.settings, for_queries=self.for_queries)
             self._by_name[name] = embedder
             self._owned.append(embedder)
         return self._by_name[name]

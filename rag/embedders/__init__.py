@@ -25,10 +25,11 @@ __all__ = [
 ]
 
 
-def make_embedder(settings: Settings) -> Embedder:
-    """The embedder `settings.embedder` names; nothing is loaded or connected until first use."""
+def make_embedder(settings: Settings, *, for_queries: bool = False) -> Embedder:
+    """The embedder `settings.embedder` names; nothing is loaded or connected until first use.
+    `for_queries`: the API's, which embeds search queries (see `MiniLMEmbedder.from_settings`)."""
     if settings.embedder == "minilm":
-        return MiniLMEmbedder.from_settings(settings)
+        return MiniLMEmbedder.from_settings(settings, for_queries=for_queries)
     if settings.embedder == "openai":
         return OpenAIEmbedder.from_settings(settings)
     raise ValueError(f"unknown embedder {settings.embedder!r}")  # pragma: no cover - Literal-checked

@@ -9,6 +9,12 @@ onnxruntime's own intra-op threads (default: one per core) do the parallel work 
 run. Concurrent callers therefore queue for the worker instead of oversubscribing the cores,
 and the event loop only ever awaits. A long `embed` submits its batches one at a time, so a
 short query arriving meanwhile waits for at most one batch, not for the whole document.
+
+Short calls (search queries: at most `COALESCE_MAX_TEXTS` texts) are coalesced: they wait in
+a list that the worker takes whole, up to `batch_size` texts, as soon as it is free, and embeds
+in one run. One query on an idle embedder is one job, at once (tokenising and the graph in the
+same hop); under load the queries that arrived during a run share the next. Measured on this
+machine with one intra-op thread: 4.4 ms of CPU per query alone, 3.5 in fours, 3.2 in sixteens.
 """
 
 from __future__ import annotations
@@ -30,7 +36,8 @@ from rag.embedders.base import Vectors, check_texts, empty_vectors, l2_normalize
 if TYPE_CHECKING:
     from core.settings import Settings
 
-__all__ = ["MAX_CONTENT_TOKENS", "MAX_TOKENS", "MiniLMEmbedder", "load_tokenizer", "model_path", "tokenizer_path"]
+__all__ = ["COALESCE_MAX_TEXTS", "MAX_CONTENT_TOKENS", "MAX_TOKENS", "MiniLMEmbedder", "load_tokenizer", "model_path",
+           "tokenizer_path"]
 
 NAME = "minilm-l6-v2"
 DIM = 384
@@ -38,6 +45,10 @@ MAX_TOKENS = 256
 """sentence-transformers' max_seq_length for this model; counts [CLS] and [SEP]."""
 MAX_CONTENT_TOKENS = MAX_TOKENS - 2
 """Word pieces of the text itself (`encode(text, add_special_tokens=False)`) embedded whole."""
+COALESCE_MAX_TEXTS = 4
+"""Calls with at most this many texts (queries) share runs with concurrent ones."""
+
+_Waiting = tuple[list[str], asyncio.AbstractEventLoop, asyncio.Future[Vectors]]
 
 
 def model_path() -> Path:
@@ -94,10 +105,16 @@ class MiniLMEmbedder:
         self._session: Any = None  # onnxruntime.InferenceSession (untyped library)
         self._input_names: frozenset[str] = frozenset()
         self._closed = False
+        self._waiting: list[_Waiting] = []  # short calls for the next coalesced run
+        self._waiting_lock = threading.Lock()  # not _lock: that one is held while the graph loads
+        self._draining = False  # a drain job is queued or running on the worker
+        self.runs = 0  # graph runs so far (the coalescing is observable)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> MiniLMEmbedder:
-        return cls(threads=settings.embedder_threads, batch_size=settings.embed_batch_size)
+    def from_settings(cls, settings: Settings, *, for_queries: bool = False) -> MiniLMEmbedder:
+        """`for_queries`: the API's embedder, which embeds short texts one or a few at a time."""
+        threads = settings.query_embedder_threads if for_queries else settings.embedder_threads
+        return cls(threads=threads, batch_size=settings.embed_batch_size)
 
     # --- loading -------------------------------------------------------------------------
 
@@ -158,6 +175,7 @@ class MiniLMEmbedder:
         }
         feeds = {name: value for name, value in feeds.items() if name in self._input_names}
         hidden: npt.NDArray[np.float32] = session.run(["last_hidden_state"], feeds)[0]
+        self.runs += 1
         mask = attention_mask.astype(np.float32)
         summed = np.einsum("bld,bl->bd", hidden, mask)
         counts = np.maximum(mask.sum(axis=1, keepdims=True), np.float32(1e-9))
@@ -175,6 +193,17 @@ class MiniLMEmbedder:
         if not items:
             return empty_vectors(self.dim)
         loop = asyncio.get_running_loop()
+        if len(items) <= COALESCE_MAX_TEXTS:
+            future: asyncio.Future[Vectors] = loop.create_future()
+            with self._waiting_lock:
+                self._waiting.append((items, loop, future))
+                start, self._draining = not self._draining, True
+            if start:
+                try:
+                    self._executor.submit(self._drain)
+                except RuntimeError as exc:  # closed meanwhile
+                    self._fail_waiting(exc)
+            return await future
         encoded = await loop.run_in_executor(self._executor, self._encode, items)
         out = np.empty((len(items), self.dim), dtype=np.float32)
         for rows in self._plan(encoded):
@@ -197,6 +226,43 @@ class MiniLMEmbedder:
             out[rows] = self._executor.submit(self._infer, batch).result()
         return out
 
+    def _drain(self) -> None:
+        """On the worker: embed the waiting short calls (up to `batch_size` texts) in one run
+        and hand each caller its rows; queue itself again, behind other jobs, if more wait."""
+        with self._waiting_lock:
+            taken: list[_Waiting] = []
+            size = 0
+            while self._waiting and (not taken or size + len(self._waiting[0][0]) <= self.batch_size):
+                taken.append(self._waiting.pop(0))
+                size += len(taken[-1][0])
+        try:
+            texts = [text for items, _, _ in taken for text in items]
+            encoded = self._encode(texts)
+            vectors = np.empty((len(texts), self.dim), dtype=np.float32)
+            for rows in self._plan(encoded):
+                vectors[rows] = self._infer([encoded[i] for i in rows])
+            start = 0
+            for items, loop, future in taken:
+                _settle(loop, future, vectors[start : start + len(items)])
+                start += len(items)
+        except BaseException as exc:  # every caller of this run gets the failure, none hangs
+            for _, loop, future in taken:
+                _settle(loop, future, exc)
+        finally:
+            with self._waiting_lock:
+                again = self._draining = bool(self._waiting)
+            if again:
+                try:
+                    self._executor.submit(self._drain)
+                except RuntimeError as exc:  # closed meanwhile: nobody may wait forever
+                    self._fail_waiting(exc)
+
+    def _fail_waiting(self, exc: BaseException) -> None:
+        with self._waiting_lock:
+            waiting, self._waiting, self._draining = self._waiting, [], False
+        for _, loop, future in waiting:
+            _settle(loop, future, exc)
+
     def _check(self, texts: Sequence[str]) -> list[str]:
         if self._closed:
             raise RuntimeError("MiniLMEmbedder is closed")
@@ -206,8 +272,26 @@ class MiniLMEmbedder:
         """Wait for work in progress, then free the worker thread and the graph."""
         self._closed = True
         self._executor.shutdown(wait=True, cancel_futures=True)
+        self._fail_waiting(RuntimeError("MiniLMEmbedder is closed"))
         with self._lock:
             self._session = None
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.close)
+
+
+def _settle(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Vectors], outcome: Vectors | BaseException) -> None:
+    """Resolve a caller's future from the worker thread (unless the caller gave up meanwhile)."""
+
+    def settle() -> None:
+        if future.done():  # cancelled: the caller is gone
+            return
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+    try:
+        loop.call_soon_threadsafe(settle)
+    except RuntimeError:  # that loop is closed: nobody is waiting any more
+        pass

@@ -109,6 +109,51 @@ async def test_minilm_concurrent_callers(minilm: MiniLMEmbedder) -> None:
     np.testing.assert_allclose(np.vstack(results), expected, atol=1e-4)
 
 
+async def test_minilm_coalesces_concurrent_queries() -> None:
+    """Queries that arrive while the graph runs share the next run; each caller gets its own
+    rows, equal to embedding it alone."""
+    embedder = MiniLMEmbedder(threads=1, batch_size=32)
+    try:
+        queries = [f"question {i} about topic {i % 5}?" for i in range(24)]
+        alone = [await embedder.embed([q]) for q in queries]
+        runs = embedder.runs
+        together = await asyncio.gather(*(embedder.embed([q]) for q in queries))
+        assert embedder.runs - runs < len(queries) / 2
+        for one, shared in zip(alone, together, strict=True):
+            np.testing.assert_allclose(shared, one, atol=1e-4)
+    finally:
+        await embedder.aclose()
+
+
+async def test_minilm_coalesced_caller_cancelled_or_failed() -> None:
+    """A caller that gives up does not disturb the others; a failed run fails each of its
+    callers (none hangs) and the next call works."""
+    embedder = MiniLMEmbedder(threads=1)
+    try:
+        expected = await embedder.embed(["kept"])
+        tasks = [asyncio.create_task(embedder.embed([text])) for text in ("kept", "gone", "kept")]
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        kept = [await tasks[0], await tasks[2]]
+        assert tasks[1].cancelled()
+        for vectors in kept:
+            np.testing.assert_allclose(vectors, expected, atol=1e-5)
+
+        real_infer = embedder._infer
+
+        def broken(batch: list[list[int]]) -> np.ndarray:
+            raise ValueError("graph failed")
+
+        embedder._infer = broken  # type: ignore[method-assign]
+        outcomes = await asyncio.wait_for(
+            asyncio.gather(*(embedder.embed([f"q{i}"]) for i in range(5)), return_exceptions=True), 10)
+        assert all(isinstance(o, ValueError) for o in outcomes)
+        embedder._infer = real_infer  # type: ignore[method-assign]
+        np.testing.assert_allclose(await embedder.embed(["kept"]), expected, atol=1e-5)
+    finally:
+        await embedder.aclose()
+
+
 async def test_minilm_runs_off_the_event_loop(minilm: MiniLMEmbedder) -> None:
     ticks = 0
     stop = asyncio.Event()
@@ -376,6 +421,14 @@ def test_make_embedder_minilm_by_default() -> None:
     assert isinstance(embedder, MiniLMEmbedder)
     assert (embedder.name, embedder.dim, embedder.threads, embedder.batch_size) == ("minilm-l6-v2", 384, 1, 8)
     embedder.close()
+
+
+def test_make_embedder_for_queries_uses_the_query_threads() -> None:
+    settings = make_settings(embedder_threads=3, query_embedder_threads=1)
+    for for_queries, threads in ((False, 3), (True, 1)):
+        embedder = make_embedder(settings, for_queries=for_queries)
+        assert isinstance(embedder, MiniLMEmbedder) and embedder.threads == threads
+        embedder.close()
 
 
 async def test_make_embedder_openai() -> None:
