@@ -15,13 +15,13 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError
 
-__all__ = ["acquire", "hold", "release", "renew"]
+__all__ = ["acquire", "apply", "hold", "release", "renew"]
 
 _log = logging.getLogger(__name__)
 
@@ -49,7 +49,32 @@ if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
 end
 return 0
 """
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ACQUIRE, _RENEW)}  # noqa: S324
+# Many operations in one call (several semaphores): the releases, then the acquisitions, so a
+# place freed in the batch can be taken in it. KEYS: the release keys, then the acquire keys;
+# ARGV[1] the number of releases, then their tokens, then (lease s, cap, token) per acquire.
+# Returns 1/0 per acquire.
+_APPLY = _NOW + """
+local releases = tonumber(ARGV[1])
+for i = 1, releases do
+  redis.call('ZREM', KEYS[i], ARGV[1 + i])
+end
+local out = {}
+local a = releases + 2
+for k = releases + 1, #KEYS do
+  local lease = tonumber(ARGV[a]) * 1000
+  redis.call('ZREMRANGEBYSCORE', KEYS[k], '-inf', now - lease)
+  if redis.call('ZCARD', KEYS[k]) < tonumber(ARGV[a + 1]) then
+    redis.call('ZADD', KEYS[k], now, ARGV[a + 2])
+    redis.call('PEXPIRE', KEYS[k], math.ceil(2 * lease))
+    out[#out + 1] = 1
+  else
+    out[#out + 1] = 0
+  end
+  a = a + 3
+end
+return out
+"""
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ACQUIRE, _RENEW, _APPLY)}  # noqa: S324
 
 
 async def _run(redis: Redis, script: str, key: str, *args: Any) -> bool:
@@ -57,6 +82,22 @@ async def _run(redis: Redis, script: str, key: str, *args: Any) -> bool:
         return bool(await redis.evalsha(_SHA[script], 1, key, *args))  # type: ignore[misc]
     except NoScriptError:
         return bool(await redis.eval(script, 1, key, *args))  # type: ignore[misc]
+
+
+async def apply(
+    redis: Redis, releases: Sequence[tuple[str, str]], acquires: Sequence[tuple[str, str, int, float]]
+) -> list[bool]:
+    """In one round trip: release (key, token) places, then try to acquire (key, token, cap,
+    lease_s) ones; returns whether each acquisition got its place."""
+    keys = [key for key, _ in releases] + [key for key, *_ in acquires]
+    args: list[Any] = [len(releases), *(token for _, token in releases)]
+    for _, token, cap, lease_s in acquires:
+        args += [str(lease_s), str(cap), token]
+    try:
+        out = await redis.evalsha(_SHA[_APPLY], len(keys), *keys, *args)  # type: ignore[misc]
+    except NoScriptError:
+        out = await redis.eval(_APPLY, len(keys), *keys, *args)  # type: ignore[misc]
+    return [bool(x) for x in out or []]
 
 
 async def acquire(redis: Redis, key: str, token: str, cap: int, lease_s: float) -> bool:

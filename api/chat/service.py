@@ -35,9 +35,13 @@ _TITLE_CHARS = 80
 
 
 def stream_slots(state: Any, settings: Settings) -> StreamSlots:
-    # A slot outlives any legitimate run (deadline + grace), then expires by itself.
-    return StreamSlots(state.chat_redis, settings.chat_max_streams_per_tenant,
-                       int(settings.agent_deadline_s) + _SLOT_GRACE_S)
+    """The process's one StreamSlots (it batches the Redis calls of concurrent chats)."""
+    slots: StreamSlots | None = getattr(state, "chat_slots", None)
+    if slots is None:
+        # A slot outlives any legitimate run (deadline + grace), then expires by itself.
+        slots = state.chat_slots = StreamSlots(state.chat_redis, settings.chat_max_streams_per_tenant,
+                                               int(settings.agent_deadline_s) + _SLOT_GRACE_S)
+    return slots
 
 
 def history_messages(turns: Sequence[tuple[str, str]]) -> list[Message]:

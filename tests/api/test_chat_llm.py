@@ -12,7 +12,8 @@ from datetime import date
 import msgspec
 import pytest
 
-from api.chat.limits import StreamSlots
+from api.chat.limits import StreamSlots, limits_redis
+from core.errors import Unavailable
 from perf.simllm import Failure, Reply, SimLLM, ToolCallSpec
 from storage.repositories.usage import add_usage, month_of, month_usage
 from storage.tenancy import tenant_tx
@@ -309,8 +310,51 @@ async def test_stream_slots_reload_their_script_when_redis_lost_it():
 
         async def eval(self, *args):
             self.calls.append("eval")
-            return 1
+            return [1]
 
     redis = ForgetfulRedis()
     token = await StreamSlots(redis, cap=1, ttl_s=60).acquire(uuid.uuid4())
     assert token and redis.calls == ["evalsha", "eval"]
+
+
+async def test_stream_slots_batch_concurrent_calls_and_keep_the_cap(settings):
+    """Acquisitions and releases made together go to Redis in one call, releases first; the
+    cap holds exactly; a place taken for a chat cancelled meanwhile is given back."""
+    redis = limits_redis(settings.redis_url)
+    try:
+        slots, tenant = StreamSlots(redis, cap=5, ttl_s=60), uuid.uuid4()
+        outcomes = await asyncio.gather(*(slots.acquire(tenant) for _ in range(20)), return_exceptions=True)
+        tokens = [o for o in outcomes if isinstance(o, str)]
+        refused = [o for o in outcomes if not isinstance(o, str)]
+        assert len(tokens) == 5 and await slots.in_use(tenant) == 5
+        assert all(getattr(e, "status", None) == 429 for e in refused)
+        assert slots.calls < 5  # 20 acquisitions, not 20 calls
+
+        # Five releases and five acquisitions together: the freed places are taken in the same call.
+        calls = slots.calls
+        again = await asyncio.gather(*(slots.release(tenant, t) for t in tokens),
+                                     *(slots.acquire(tenant) for _ in range(5)))
+        assert all(isinstance(t, str) for t in again[5:]) and slots.calls - calls <= 2
+        assert await slots.in_use(tenant) == 5
+        await asyncio.gather(*(slots.release(tenant, t) for t in again[5:]))
+
+        cancelled = asyncio.create_task(slots.acquire(tenant))
+        await asyncio.sleep(0)  # queued; the call leaves on the next turn of the loop
+        await asyncio.sleep(0)
+        cancelled.cancel()
+        for _ in range(100):
+            if await slots.in_use(tenant) == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert await slots.in_use(tenant) == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_stream_slots_unavailable_redis_is_a_503():
+    redis = limits_redis("redis://127.0.0.1:9/0")  # nothing listens on the discard port
+    try:
+        with pytest.raises(Unavailable):
+            await StreamSlots(redis, cap=1, ttl_s=60).acquire(uuid.uuid4())
+    finally:
+        await redis.aclose()
