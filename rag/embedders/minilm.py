@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
+from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -105,7 +106,7 @@ class MiniLMEmbedder:
         self._session: Any = None  # onnxruntime.InferenceSession (untyped library)
         self._input_names: frozenset[str] = frozenset()
         self._closed = False
-        self._waiting: list[_Waiting] = []  # short calls for the next coalesced run
+        self._waiting: deque[_Waiting] = deque()  # short calls for the next coalesced run
         self._waiting_lock = threading.Lock()  # not _lock: that one is held while the graph loads
         self._draining = False  # a drain job is queued or running on the worker
         self.runs = 0  # graph runs so far (the coalescing is observable)
@@ -233,7 +234,7 @@ class MiniLMEmbedder:
             taken: list[_Waiting] = []
             size = 0
             while self._waiting and (not taken or size + len(self._waiting[0][0]) <= self.batch_size):
-                taken.append(self._waiting.pop(0))
+                taken.append(self._waiting.popleft())
                 size += len(taken[-1][0])
         try:
             texts = [text for items, _, _ in taken for text in items]
@@ -259,7 +260,7 @@ class MiniLMEmbedder:
 
     def _fail_waiting(self, exc: BaseException) -> None:
         with self._waiting_lock:
-            waiting, self._waiting, self._draining = self._waiting, [], False
+            waiting, self._waiting, self._draining = self._waiting, deque(), False
         for _, loop, future in waiting:
             _settle(loop, future, exc)
 
