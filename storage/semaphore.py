@@ -29,17 +29,6 @@ _NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 """
-# KEYS[1] the set; ARGV: lease (s), cap, token.
-_ACQUIRE = _NOW + """
-local lease = tonumber(ARGV[1]) * 1000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - lease)
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('ZADD', KEYS[1], now, ARGV[3])
-  redis.call('PEXPIRE', KEYS[1], math.ceil(2 * lease))
-  return 1
-end
-return 0
-"""
 # KEYS[1] the set; ARGV: lease (s), token. Only a place still held is renewed.
 _RENEW = _NOW + """
 if redis.call('ZSCORE', KEYS[1], ARGV[2]) then
@@ -74,7 +63,7 @@ for k = releases + 1, #KEYS do
 end
 return out
 """
-_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_ACQUIRE, _RENEW, _APPLY)}  # noqa: S324
+_SHA = {script: hashlib.sha1(script.encode()).hexdigest() for script in (_RENEW, _APPLY)}  # noqa: S324
 
 
 async def _run(redis: Redis, script: str, key: str, *args: Any) -> bool:
@@ -102,7 +91,7 @@ async def apply(
 
 async def acquire(redis: Redis, key: str, token: str, cap: int, lease_s: float) -> bool:
     """Take a place if fewer than `cap` live leases are held; False when full."""
-    return await _run(redis, _ACQUIRE, key, str(lease_s), str(cap), token)
+    return (await apply(redis, (), [(key, token, cap, lease_s)]))[0]
 
 
 async def renew(redis: Redis, key: str, token: str, lease_s: float) -> bool:
