@@ -34,6 +34,7 @@ from api.health.controllers import HealthController
 from api.limits.middleware import rate_limit_middleware
 from api.me import MeController
 from api.metrics import METRICS_PATH, MetricsController, metrics_middleware, route_span_details
+from api.openapi import document_problems
 from api.problems import exception_handlers
 from api.replicas import read_your_writes_middleware
 from api.search.controllers import SearchController
@@ -171,7 +172,7 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.pool.close()
 
     tracing = setup_telemetry(settings, "api")
-    return Litestar(
+    app = Litestar(
         plugins=[OpenTelemetryPlugin(OpenTelemetryConfig(
             exclude=[METRICS_PATH, paths.HEALTHZ], scope_span_details_extractor=route_span_details,
         ))] if tracing else [],
@@ -188,7 +189,9 @@ def create_app(settings: Settings) -> Litestar:
         middleware=[
             _request_id_middleware,
             metrics_middleware,  # outermost route middleware: also counts 401s and 429s
-            DefineMiddleware(ApiKeyAuthMiddleware, exclude=[f"^{p}" for p in paths.PUBLIC]),
+            # OPTIONS too: Litestar's automatic OPTIONS handlers run the routes' guards, which need a
+            # principal (there is no CORS preflight to serve).
+            DefineMiddleware(ApiKeyAuthMiddleware, exclude=[f"^{p}" for p in paths.PUBLIC], exclude_http_methods=[]),
             rate_limit_middleware,  # after auth: limits are per key and per tenant
             *([read_your_writes_middleware] if settings.replica_urls else []),
         ],
@@ -201,6 +204,8 @@ def create_app(settings: Settings) -> Litestar:
         ),
         debug=False,
     )
+    document_problems(app, paths.PUBLIC)  # the problem responses in the OpenAPI schema (api/openapi.py)
+    return app
 
 
 def app_factory() -> Litestar:
