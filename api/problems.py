@@ -77,6 +77,13 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return problem(request, exc.status_code, detail, headers=exc.headers or None, **extra)
 
 
+def _not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[dict[str, Any]]:
+    # msgspec raises UnicodeDecodeError (not a DecodeError) for invalid UTF-8 in a JSON body, e.g.
+    # the raw bytes of a lone surrogate; Litestar lets it through. Content errors in documents
+    # never get here (the parsers turn them into ParseError), so this is the client's body.
+    return problem(request, 400, "the request body is not valid UTF-8", slug="malformed-body")
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     _log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(request, 500, "an unexpected error occurred; it has been logged")
@@ -86,6 +93,7 @@ exception_handlers: ExceptionHandlersMap = {
     QuarryError: _quarry_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    UnicodeDecodeError: _not_utf8,
     Exception: _unexpected,
 }
 

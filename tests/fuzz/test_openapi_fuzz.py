@@ -20,10 +20,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -31,23 +29,16 @@ import pytest
 
 from core.settings import Settings
 from storage.db import create_pool
-from storage.embedded import free_port
 from storage.migrate import ensure_app_role, ensure_database, migrate
 from storage.repositories import api_keys, tenants
 from storage.tenancy import tenant_tx
 from storage.urls import with_credentials, with_database
+from tests.live_server import LiveServer, live_api, unhandled_errors
 
-REPO = Path(__file__).resolve().parents[2]
 FUZZ_DB = "quarry_fuzz"
 SCHEMATHESIS = Path(sys.executable).parent / "schemathesis"
 BUDGET_S = int(os.environ.get("QUARRY_FUZZ_SECONDS", "45"))
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-
-@dataclass
-class Server:
-    base: str
-    log: Path
-
 
 pytestmark = pytest.mark.skipif(not SCHEMATHESIS.exists(), reason="schemathesis is not installed (dev extra)")
 
@@ -67,47 +58,17 @@ async def fuzz_admin_url(settings: Settings) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(settings: Settings, fuzz_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """The API under Granian on the fuzzing database (a sync fixture: it only starts a process)."""
-    port = free_port()
-    log = tmp_path_factory.mktemp("fuzz") / "granian.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}
+def server(settings: Settings, fuzz_admin_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The API under Granian on the fuzzing database and a Valkey keyspace of its own."""
     assert settings.redis_url is not None
-    env.update({"DATABASE_URL": fuzz_admin_url, "REDIS_URL": _redis_db(settings.redis_url, 7),
-                "QUARRY_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data")), "QUARRY_LOG_LEVEL": "warning"})
-    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "granian"), "--interface", "asgi", "--factory", "--workers", "1",
-             "--loop", "uvloop", "--host", "127.0.0.1", "--port", str(port), "--no-access-log",
-             "api.app:app_factory"],
-            cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        with httpx.Client(base_url=base, timeout=2) as client:
-            while True:
-                assert proc.poll() is None, log.read_text(errors="replace")[-4000:]
-                try:
-                    if client.get("/readyz").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the API did not become ready"
-                time.sleep(0.2)
-        yield Server(base, log)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    env = {"DATABASE_URL": fuzz_admin_url, "REDIS_URL": _redis_db(settings.redis_url, 7),
+           "QUARRY_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data")), "QUARRY_LOG_LEVEL": "warning"}
+    with live_api(env, tmp_path_factory.mktemp("fuzz") / "granian.log") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
-def api(server: Server) -> str:
+def api(server: LiveServer) -> str:
     return server.base
 
 
@@ -176,9 +137,7 @@ def _redis_db(url: str, db: int) -> str:
     return urlunsplit(parts._replace(path=f"/{db}"))
 
 
-def test_server_logged_no_unhandled_error(server: Server) -> None:
+def test_server_logged_no_unhandled_error(server: LiveServer) -> None:
     """After the runs above (same module, same server): no unhandled exception in the server's
     log. An error inside a stream that had already answered 200 would not show as a 5xx."""
-    lines = server.log.read_text(errors="replace").splitlines()
-    errors = [line for line in lines if "Traceback" in line or '"level":"error"' in line.replace(" ", "")]
-    assert not errors, "\n".join(lines[-200:])
+    assert not unhandled_errors(server), server.output()
