@@ -26,15 +26,18 @@ def check_upload(path: Path, fmt: str, size: int) -> None:
 
 
 def _check_pdf(path: Path) -> None:
-    from pypdf import PdfReader
+    from pypdf import PdfReader, apply_configuration
     from pypdf.errors import PdfReadError
 
+    from rag.parsing.pdf import PDF_LIMITS
+
     try:
-        reader = PdfReader(path, strict=False)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise Unprocessable("the PDF is encrypted; upload a copy without a password")
-        if len(reader.pages) == 0:
-            raise Unprocessable("the PDF has no pages")
+        with apply_configuration(**PDF_LIMITS):
+            reader = PdfReader(path, strict=False)
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise Unprocessable("the PDF is encrypted; upload a copy without a password")
+            if len(reader.pages) == 0:
+                raise Unprocessable("the PDF has no pages")
     except Unprocessable:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError, AttributeError) as exc:

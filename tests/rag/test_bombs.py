@@ -19,7 +19,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import docx
+import pypdf
 import pytest
+from fpdf import FPDF
+
+import rag.parsing.pdf
 
 from core.errors import Unprocessable
 from rag.connectors import NetPolicy
@@ -193,6 +197,44 @@ def test_a_nested_archive_is_never_opened(write) -> None:
     path = write("nested.docx", build_zip([*docx_entries("Basalt is volcanic."), nested]))
     check_upload(path, "docx", path.stat().st_size)
     assert "Basalt is volcanic." in parse_file(path, "docx").sections[0].text
+
+
+# --- PDF -------------------------------------------------------------------------------------
+
+def test_pypdf_is_a_release_with_the_known_dos_fixes() -> None:
+    from importlib.metadata import version
+    major, minor, patch = (int(x) for x in version("pypdf").split(".")[:3])
+    assert (major, minor, patch) >= (7, 1, 1)
+    pyproject = (Path(__file__).parents[2] / "pyproject.toml").read_text()
+    assert '"pypdf>=7.1.1,<8"' in pyproject
+
+
+def test_pdf_text_is_capped_while_extracting(write, monkeypatch: pytest.MonkeyPatch) -> None:
+    pdf = FPDF()
+    pdf.set_font("Helvetica", size=12)
+    for word in ("granite", "basalt", "obsidian", "pumice"):
+        pdf.add_page()
+        pdf.multi_cell(0, 8, (word + " ") * 20)
+    path = write("long.pdf", bytes(pdf.output()))
+    extracted: list[int] = []
+    original = pypdf.PageObject.extract_text
+
+    def counting(self: pypdf.PageObject, *args: object, **kwargs: object) -> str:
+        extracted.append(1)
+        return original(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pypdf.PageObject, "extract_text", counting)
+    monkeypatch.setattr(rag.parsing.pdf, "MAX_TEXT_CHARS", 250)  # a page holds ~150 characters
+    with pytest.raises(ParseError, match=r"more than 250 characters of text \(reached on page 2 of 4\)"):
+        parse_file(path, "pdf")
+    assert len(extracted) == 2  # pages 3 and 4 were never extracted
+
+
+def test_pdf_parsing_never_calls_jbig2dec() -> None:
+    seen: list[object] = []
+    with pypdf.apply_configuration(**rag.parsing.pdf.PDF_LIMITS):
+        seen.append(pypdf.get_configuration().jbig2dec_binary)
+    assert seen == [None]
 
 
 # --- gzip ------------------------------------------------------------------------------------
