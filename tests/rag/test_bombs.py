@@ -24,7 +24,6 @@ import pytest
 from fpdf import FPDF
 
 import rag.parsing.pdf
-
 from core.errors import Unprocessable
 from rag.connectors import NetPolicy
 from rag.connectors.base import ConnectorError, Fetched, ItemFailed
