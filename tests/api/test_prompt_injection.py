@@ -46,7 +46,8 @@ async def test_a_poisoned_document_changes_nothing_the_llm_can_reach(settings, s
             Reply(tool_calls=[ToolCallSpec("search", {"query": "granite harbour quarry"})]),
             # The model does what the document says.
             Reply(tool_calls=[ToolCallSpec("list_conversations", {}),
-                              ToolCallSpec("search", {"query": "vault code of the harbour quarry", "tenant_id": str(other.id)}),
+                              ToolCallSpec("search", {"query": "vault code of the harbour quarry",
+                                                      "tenant_id": str(other.id)}),
                               ToolCallSpec("read_document", {"source": 1, "conversation_id": first})]),
             Reply(text="Granite is an igneous rock [1]."),
         )
