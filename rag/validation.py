@@ -26,15 +26,18 @@ def check_upload(path: Path, fmt: str, size: int) -> None:
 
 
 def _check_pdf(path: Path) -> None:
-    from pypdf import PdfReader
+    from pypdf import PdfReader, apply_configuration
     from pypdf.errors import PdfReadError
 
+    from rag.parsing.pdf import PDF_LIMITS
+
     try:
-        reader = PdfReader(path, strict=False)
-        if reader.is_encrypted and not reader.decrypt(""):
-            raise Unprocessable("the PDF is encrypted; upload a copy without a password")
-        if len(reader.pages) == 0:
-            raise Unprocessable("the PDF has no pages")
+        with apply_configuration(**PDF_LIMITS):
+            reader = PdfReader(path, strict=False)
+            if reader.is_encrypted and not reader.decrypt(""):
+                raise Unprocessable("the PDF is encrypted; upload a copy without a password")
+            if len(reader.pages) == 0:
+                raise Unprocessable("the PDF has no pages")
     except Unprocessable:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError, AttributeError) as exc:
@@ -44,9 +47,22 @@ def _check_pdf(path: Path) -> None:
 
 
 def _check_docx(path: Path) -> None:
+    """The ZIP directory only (nothing is inflated here): the parser enforces the same caps again
+    while it inflates, since a directory can lie about sizes."""
+    from rag.parsing.archive import ArchiveTooLarge, check_directory, open_archive
+
     try:
-        with zipfile.ZipFile(path) as archive:
-            if "word/document.xml" not in archive.namelist():
-                raise Unprocessable("the .docx file has no document body (word/document.xml)")
+        with open_archive(path) as archive:
+            infos = archive.infolist()
+    except ArchiveTooLarge as exc:
+        raise Unprocessable(f"the .docx file is refused: {exc}") from None
     except zipfile.BadZipFile:
         raise Unprocessable("the .docx file is corrupt (not a valid zip archive)") from None
+    except (ValueError, OSError, EOFError, NotImplementedError) as exc:  # mangled central directories
+        raise Unprocessable(f"the .docx file is corrupt: {type(exc).__name__}") from None
+    try:
+        check_directory(infos)
+    except ArchiveTooLarge as exc:
+        raise Unprocessable(f"the .docx file is refused: {exc}") from None
+    if not any(info.filename == "word/document.xml" for info in infos):
+        raise Unprocessable("the .docx file has no document body (word/document.xml)")

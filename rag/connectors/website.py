@@ -5,6 +5,9 @@ or unreachable one stops the sync); only pages of the start host are fetched, br
 up to `max_depth` links away and `max_pages` pages; requests to the host are spaced by the
 politeness delay (robots.txt's Crawl-delay if longer, capped at 60 s); every connection —
 redirect hops included — goes through the SSRF guard; each page has a size and a time limit.
+Compressed bytes are inflated by a bounded decoder (`rag.connectors.inflate`): only gzip is
+accepted as a Content-Encoding, and a gzip sitemap or a gzip-encoded page is stopped at the
+size limit, so a gzip bomb fails with a reason instead of filling the worker's memory.
 
 The cursor of a page is its ETag / Last-Modified (sent back as a conditional GET: a 304 is
 "unchanged") plus its outgoing links, so the crawl still passes through unchanged pages.
@@ -13,7 +16,6 @@ The cursor of a page is its ETag / Last-Modified (sent back as a conditional GET
 from __future__ import annotations
 
 import asyncio
-import gzip
 import html
 import re
 import time
@@ -29,6 +31,7 @@ from selectolax.lexbor import LexborHTMLParser
 from rag.connectors.base import ConnectorError, Cursor, Fetched, Gone, ItemFailed, ScanResult, Unchanged
 from rag.connectors.config import WebsiteConfig
 from rag.connectors.globs import matches
+from rag.connectors.inflate import GzipInflater, TooLarge, inflate_gzip
 from rag.connectors.netguard import BlockedAddress, NetPolicy, guarded_client
 
 __all__ = ["WebsiteConnector", "normalize_url"]
@@ -38,6 +41,9 @@ MAX_LINKS_KEPT = 500
 MAX_SITEMAPS = 50
 MAX_CRAWL_DELAY_S = 60.0
 _REDIRECTS = {301, 302, 303, 307, 308}
+# httpx would otherwise offer (and inflate, without a bound) deflate, br and zstd too.
+_ACCEPT_ENCODING = "gzip"
+_GZIP_ENCODINGS = ("gzip", "x-gzip")
 _LOC = re.compile(r"<loc>\s*([^<\s]+)\s*</loc>", re.I)
 
 
@@ -114,7 +120,8 @@ class WebsiteConnector:
         async with asyncio.timeout(self.timeout_s):
             for _ in range(MAX_REDIRECTS + 1):
                 await self._polite(current)
-                async with self._client.stream("GET", current, headers=headers or {}) as response:
+                request_headers = {"Accept-Encoding": _ACCEPT_ENCODING, **(headers or {})}
+                async with self._client.stream("GET", current, headers=request_headers) as response:
                     if response.status_code in _REDIRECTS and "location" in response.headers:
                         target = normalize_url(urljoin(current, response.headers["location"]))
                         if target is None:
@@ -132,15 +139,30 @@ class WebsiteConnector:
         raise _Refused(f"more than {MAX_REDIRECTS} redirects")
 
     async def _read_limited(self, response: httpx.Response) -> bytes:
+        """The body, at most max_bytes on the wire and (if gzip-encoded) at most max_bytes inflated."""
         declared = response.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_bytes:
             raise _Refused(f"the page is larger than {self.max_bytes} bytes ({declared} declared)")
+        encoding = response.headers.get("content-encoding", "identity").strip().lower()
+        inflater: GzipInflater | None = None
+        if encoding in _GZIP_ENCODINGS:
+            inflater = GzipInflater(self.max_bytes)
+        elif encoding not in ("", "identity"):
+            raise _Refused(f"unsupported Content-Encoding {encoding[:40]!r} (only gzip is accepted)")
         chunks, size = [], 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise _Refused(f"the page is larger than {self.max_bytes} bytes")
-            chunks.append(chunk)
+        try:
+            async for chunk in response.aiter_raw():  # raw: inflated here, under the limit
+                size += len(chunk)
+                if size > self.max_bytes:
+                    raise _Refused(f"the page is larger than {self.max_bytes} bytes")
+                chunks.append(inflater.feed(chunk) if inflater is not None else chunk)
+            if inflater is not None:
+                inflater.finish()
+        except TooLarge:
+            raise _Refused(f"the gzip-encoded page inflates to more than {self.max_bytes:,} bytes "
+                           "(a gzip bomb?)") from None
+        except ValueError as exc:
+            raise _Refused(f"the gzip-encoded page is corrupt ({exc})") from None
         return b"".join(chunks)
 
     # --- robots.txt and sitemaps ---------------------------------------------------------
@@ -182,7 +204,12 @@ class WebsiteConnector:
                 raise ConnectorError(f"the sitemap {current} answered HTTP {response.status}")
             body = response.body
             if body[:2] == b"\x1f\x8b":
-                body = gzip.decompress(body)[: self.max_bytes]
+                try:
+                    body = inflate_gzip(body, self.max_bytes)
+                except TooLarge as exc:
+                    raise ConnectorError(f"the gzip sitemap {current} is refused: {exc}") from None
+                except ValueError as exc:
+                    raise ConnectorError(f"the gzip sitemap {current} is corrupt ({exc})") from None
             text = body.decode("utf-8", "replace")
             locs = [normalize_url(html.unescape(loc)) for loc in _LOC.findall(text)]
             for loc in locs:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from rag.agent.protocol import SEARCH, ReadObservation, SearchObservation, SourceView
+from rag.agent.protocol import SEARCH, SourceView, parse_sources
 from rag.llm.base import (
     Delta,
     Finish,
@@ -43,7 +43,6 @@ NOT_FOUND = "I could not find"
 
 _MIN_SENTENCE_WORDS = 3
 _WORD_PIECE = re.compile(r"\S+\s*")
-_observation_decoder = msgspec.json.Decoder(dict[str, object])
 
 
 @dataclass
@@ -227,15 +226,4 @@ class _Turn:
 
 def _views(content: str) -> list[SourceView]:
     """The sources in a tool message (search results or read passages); nothing for errors."""
-    try:
-        raw = _observation_decoder.decode(content)
-    except msgspec.DecodeError:
-        return []
-    try:
-        if "sources" in raw:
-            return msgspec.convert(raw, SearchObservation).sources
-        if "passages" in raw:
-            return msgspec.convert(raw, ReadObservation).passages
-    except msgspec.ValidationError:
-        return []
-    return []
+    return parse_sources(content)

@@ -1,7 +1,13 @@
-"""DOCX via python-docx: paragraphs and tables in document order, split at Heading/Title styles."""
+"""DOCX via python-docx: paragraphs and tables in document order, split at Heading/Title styles.
+
+python-docx never sees the uploaded archive itself: its parts are first inflated under the caps
+of `rag.parsing.archive` (a zip bomb stops there with a ParseError) and handed to python-docx as
+an uncompressed in-memory package, so nothing it reads can inflate further.
+"""
 
 from __future__ import annotations
 
+import io
 import zipfile
 from typing import BinaryIO
 
@@ -9,37 +15,44 @@ import docx
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
+from rag.parsing.archive import ArchiveTooLarge, open_archive, read_parts
 from rag.parsing.base import ParsedDocument, ParseError, Section, finish, reason
 
-__all__ = ["MAX_DOCX_UNCOMPRESSED", "parse_docx"]
-
-# A zip bomb inflates to gigabytes of XML; real documents' parts are far below this.
-MAX_DOCX_UNCOMPRESSED = 512 * 1024 * 1024
+__all__ = ["parse_docx"]
 
 
 def parse_docx(stream: BinaryIO) -> ParsedDocument:
-    _check_archive(stream)
-    stream.seek(0)
+    package = _inflated_package(stream)
     try:
-        return _parse(stream)
+        return _parse(package)
     except ParseError:
         raise
     except Exception as exc:
         raise ParseError(f"the DOCX file is corrupt or unreadable: {reason(exc)}") from exc
 
 
-def _check_archive(stream: BinaryIO) -> None:
+def _inflated_package(stream: BinaryIO) -> io.BytesIO:
+    """The package's parts, inflated under the caps, as an uncompressed (stored) ZIP in memory."""
     try:
-        with zipfile.ZipFile(stream) as archive:
-            infos = archive.infolist()
-    except zipfile.BadZipFile:
-        raise ParseError("the DOCX file is corrupt or unreadable: it is not a ZIP archive") from None
-    except Exception as exc:  # zipfile raises assorted errors for mangled central directories
+        with open_archive(stream) as archive:
+            if not any(info.filename == "[Content_Types].xml" for info in archive.infolist()):
+                raise ParseError("the DOCX file is corrupt or unreadable: a ZIP archive but not a Word document")
+            parts = read_parts(archive)
+    except ArchiveTooLarge as exc:
+        raise ParseError(f"the DOCX file is refused: {exc}") from None
+    except ParseError:
+        raise
+    except zipfile.BadZipFile as exc:
+        raise ParseError(f"the DOCX file is corrupt or unreadable: {reason(exc)}") from None
+    except Exception as exc:  # zipfile raises assorted errors for mangled archives
         raise ParseError(f"the DOCX file is corrupt or unreadable: {reason(exc)}") from exc
-    if not any(info.filename == "[Content_Types].xml" for info in infos):
-        raise ParseError("the DOCX file is corrupt or unreadable: a ZIP archive but not a Word document")
-    if sum(info.file_size for info in infos) > MAX_DOCX_UNCOMPRESSED:
-        raise ParseError("the DOCX file is too large once decompressed (a zip bomb?)")
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w", compression=zipfile.ZIP_STORED) as stored:
+        for name, data in parts.items():
+            stored.writestr(name, data)
+    del parts
+    package.seek(0)
+    return package
 
 
 def _parse(stream: BinaryIO) -> ParsedDocument:

@@ -4,7 +4,6 @@ tool calling, history, retries, clean errors, deadline, disconnects and the chat
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from datetime import date
@@ -15,6 +14,7 @@ import pytest
 from api.chat.limits import StreamSlots, limits_redis
 from core.errors import Unavailable
 from perf.simllm import Failure, Reply, SimLLM, ToolCallSpec
+from rag.agent.protocol import parse_sources
 from storage.repositories.usage import add_usage, month_of, month_usage
 from storage.tenancy import tenant_tx
 from tests.api.chat_helpers import CORPUS, chat_app, drive_asgi, load_corpus, parse_sse
@@ -75,8 +75,8 @@ async def test_tool_calls_then_an_answer_with_citations(settings, sim, make_tena
         assistant, tool = second["messages"][-2:]
         assert assistant["tool_calls"][0]["function"]["name"] == "search"
         assert tool["role"] == "tool" and tool["tool_call_id"] == assistant["tool_calls"][0]["id"]
-        observation = json.loads(tool["content"])
-        assert observation["sources"][0]["n"] == 1 and "Antarctica" in observation["sources"][0]["text"]
+        observation = parse_sources(tool["content"])
+        assert observation[0].n == 1 and "Antarctica" in observation[0].text
         # Usage as the provider reported it (stream_options.include_usage).
         assert done["usage"]["completion_tokens"] == sum(r.tokens_sent for r in sim.chat_requests)
 

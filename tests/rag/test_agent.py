@@ -25,6 +25,7 @@ from rag.agent import (
     ToolResultEvent,
     strip_citations,
 )
+from rag.agent.protocol import parse_sources
 from rag.llm.base import Delta, Finish, Message, TextDelta, ToolCallDelta, ToolSpec, Usage
 from rag.llm.errors import LLMUnavailable
 from rag.llm.heuristics import content_terms
@@ -133,8 +134,9 @@ async def test_only_markers_naming_returned_sources_become_citations():
     assert citations[0].quote == "Penguins eat krill, squid and small fish."
     result = next(e for e in events if isinstance(e, ToolResultEvent))
     assert [s.n for s in result.sources] == [1, 2]
-    observation = json.loads(provider.calls[1]["messages"][-1].content)
-    assert [s["n"] for s in observation["sources"]] == [1, 2] and observation["query"] == "penguins"
+    observation = provider.calls[1]["messages"][-1].content
+    assert [s.n for s in parse_sources(observation)] == [1, 2]
+    assert observation.startswith('Search results for "penguins": 2 source(s).')
 
 
 async def test_steps_are_bounded_and_the_last_one_must_answer():
@@ -215,7 +217,8 @@ async def test_read_document_and_list_collections():
     assert listing.ok and listing.sources == []
     messages = provider.calls[2]["messages"]
     assert json.loads(messages[-1].content) == {"collections": [{"name": "nature", "description": "animals and ice"}]}
-    assert json.loads(messages[-2].content)["source"] == 1
+    assert messages[-2].content.startswith("Passages around source [1]")
+    assert [s.n for s in parse_sources(messages[-2].content)] == [2, 1, 3]
     citation = next(e for e in events if isinstance(e, CitationEvent))
     assert citation.chunk_id == 100 and citation.quote == "They breed in large colonies."
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 import pytest
 
-from rag.agent.protocol import TOOL_SPECS, SearchObservation, SourceView
+from rag.agent.protocol import TOOL_SPECS, SourceView, new_nonce, render_search
 from rag.llm.base import Message, ToolCall, collect
 from rag.llm.heuristics import content_terms, decompose, is_follow_up, resolve_follow_up, split_sentences, stem
 from rag.llm.offline import NOT_FOUND, OfflineProvider
@@ -56,7 +56,7 @@ def test_split_sentences():
 
 def _observation(query: str, texts: list[str], first: int = 1) -> str:
     views = [SourceView(n=first + i, title=f"doc{first + i}", text=t) for i, t in enumerate(texts)]
-    return msgspec.json.encode(SearchObservation(query=query, sources=views)).decode()
+    return render_search(query, views, new_nonce())
 
 
 def _after_search(question: str, observations: list[tuple[str, str]]) -> list[Message]:
