@@ -77,6 +77,13 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return problem(request, exc.status_code, detail, headers=exc.headers or None, **extra)
 
 
+def _not_unicode(request: Request[Any, Any, Any], exc: UnicodeError) -> Response[dict[str, Any]]:
+    # A backstop: request text is checked where it is decoded (api/json_bodies.py), so this only
+    # fires for a path that decodes client bytes on its own - still the client's bad text.
+    _log.warning("text that is not valid Unicode on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return problem(request, 400, "the request holds text that is not valid Unicode", slug="malformed-body")
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     _log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(request, 500, "an unexpected error occurred; it has been logged")
@@ -86,6 +93,7 @@ exception_handlers: ExceptionHandlersMap = {
     QuarryError: _quarry_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
+    UnicodeError: _not_unicode,
     Exception: _unexpected,
 }
 

@@ -14,7 +14,8 @@ from redis.exceptions import RedisError
 
 from api.documents.multipart import read_multipart
 from api.documents.schemas import Accepted, TextDocument
-from core.errors import BadRequest, PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
+from api.json_bodies import decode_json_body
+from core.errors import PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
 from core.settings import Settings
 from jobs.ingest import enqueue_ingest
 from rag.parsing import FORMATS, detect_format
@@ -25,8 +26,6 @@ from storage.repositories import collections, documents
 from storage.tenancy import tenant_tx
 
 __all__ = ["accept_json", "accept_multipart"]
-
-_json_decoder = msgspec.json.Decoder(TextDocument)
 
 # (filename, title, uri, format, stored bytes)
 _Item = tuple[str | None, str, str | None, str, StoredBlob]
@@ -78,12 +77,7 @@ async def accept_json(
     arq: ArqRedis,
     blobs: BlobStore,
 ) -> list[Accepted]:
-    try:
-        doc = _json_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise Unprocessable(str(exc)) from None
-    except msgspec.DecodeError:
-        raise BadRequest("the request body is not valid JSON") from None
+    doc = decode_json_body(body, TextDocument)
     if not doc.text.strip():
         raise Unprocessable("text is empty")
     async with tenant_tx(pool, tenant_id, readonly=True) as conn:
