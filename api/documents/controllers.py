@@ -57,7 +57,7 @@ class DocumentController(Controller):
             accepted = await accept_multipart(content_type, request.stream(), settings=settings, **common)
         elif content_type.split(";")[0].strip() == "application/json":
             body = await _read_limited(request.stream(), settings.max_upload_bytes)
-            accepted = await accept_json(body, **common)
+            accepted = await accept_json(body, settings=settings, **common)
         else:
             raise UnsupportedMediaType("send multipart/form-data (files) or application/json (text)")
         return AcceptedBatch(documents=accepted)

@@ -13,6 +13,7 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from api.documents.multipart import read_multipart
+from api.documents.quota import QuotaCheck
 from api.documents.schemas import Accepted, TextDocument
 from api.json_bodies import decode_json_body
 from core.errors import PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
@@ -65,7 +66,7 @@ async def accept_multipart(
         (f.filename, f.filename.rsplit(".", 1)[0], f.filename, fmt, f.blob)
         for f, fmt in zip(form.files, formats, strict=True)
     ]
-    return await _register(items, metadata, tenant_id, collection_id, pool, arq, blobs)
+    return await _register(items, metadata, tenant_id, collection_id, pool, arq, blobs, settings)
 
 
 async def accept_json(
@@ -76,6 +77,7 @@ async def accept_json(
     pool: asyncpg.Pool,
     arq: ArqRedis,
     blobs: BlobStore,
+    settings: Settings,
 ) -> list[Accepted]:
     doc = decode_json_body(body, TextDocument)
     if not doc.text.strip():
@@ -84,7 +86,8 @@ async def accept_json(
         await collections.get_collection(conn, collection_id)
     blob = await blobs.save_bytes(tenant_id, doc.text.encode(), name="text")
     return await _register(
-        [(None, doc.title, doc.uri, doc.format, blob)], doc.metadata, tenant_id, collection_id, pool, arq, blobs
+        [(None, doc.title, doc.uri, doc.format, blob)], doc.metadata, tenant_id, collection_id, pool, arq, blobs,
+        settings,
     )
 
 
@@ -125,13 +128,17 @@ async def _register(
     pool: asyncpg.Pool,
     arq: ArqRedis,
     blobs: BlobStore,
+    settings: Settings,
 ) -> list[Accepted]:
     """One transaction for the batch, then the jobs (a job finding no row is a no-op).
+    The storage quota is decided in that transaction, under the tenant's quota lock (413/409).
     Owns the stored bytes from here: removes them when the batch is not registered, and when a
     job cannot be queued, fails the documents left without one (never `queued` with no job)."""
     registered = []
+    quota = QuotaCheck(settings, tenant_id)
     try:
         async with tenant_tx(pool, tenant_id) as conn:
+            await quota.start(conn)
             for filename, title, uri, fmt, blob in items:
                 doc, action = await documents.register_upload(
                     conn,
@@ -145,6 +152,7 @@ async def _register(
                     metadata=metadata,
                 )
                 registered.append((filename, fmt, doc, action))
+            await quota.finish(conn)
     except BaseException:
         _discard(blobs, tenant_id, [item[4] for item in items])
         raise
