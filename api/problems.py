@@ -57,7 +57,13 @@ def _validation_error(
     if not _sent_json(request):
         return _not_json(request)
     errors = exc.extra if isinstance(exc.extra, list) else []
-    return problem(request, 422, str(exc.detail), slug="validation", errors=errors)
+    detail = str(exc.detail)
+    first = errors[0] if errors and isinstance(errors[0], dict) else {}
+    if first.get("message"):  # say what is wrong, not only that something is
+        key = first.get("key") if first.get("key") != "data" else None  # "data": the whole body
+        where = ".".join(str(part) for part in (first.get("source"), key) if part)
+        detail = f"{detail}: {first['message']}" + (f" (at {where})" if where else "")
+    return problem(request, 422, detail, slug="validation", errors=errors)
 
 
 def _not_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
