@@ -171,5 +171,5 @@ async def test_invalid_utf8_in_multipart_fields_and_query_strings_is_replaced_co
     team = stored["metadata"]["team"]
     assert team.startswith("x") and "\ufffd" in team and team.encode("utf-8")  # valid Unicode now
     # A query string is decoded the same way, so the stored value can be found again.
-    r = await client.get(f"/v1/documents?metadata=%7B%22team%22%3A%22x%ED%A4%98%22%7D", headers=t.headers)
+    r = await client.get("/v1/documents?metadata=%7B%22team%22%3A%22x%ED%A4%98%22%7D", headers=t.headers)
     assert r.status_code == 200 and [d["id"] for d in r.json()["items"]] == [stored["id"]]
