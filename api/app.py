@@ -30,6 +30,7 @@ from api.chat.usage import UsageRecorder
 from api.collections.controllers import CollectionController
 from api.deps import dependencies
 from api.documents.controllers import DocumentController
+from api.documents.quota import StorageUsageController
 from api.health.controllers import HealthController
 from api.json_bodies import QuarryRequest
 from api.limits.middleware import rate_limit_middleware
@@ -180,7 +181,7 @@ def create_app(settings: Settings) -> Litestar:
             HealthController, MeController, TenantAdminController, TenantMembersController,
             CollectionController, DocumentController, SearchController,
             ConversationController, ChatController, CompletionsController,
-            SourceController, PlanAdminController, MetricsController,
+            SourceController, PlanAdminController, MetricsController, StorageUsageController,
         ],
         lifespan=[lifespan, shutdown_lifespan],  # the shutdown's start ends open streams (api/shutdown.py)
         dependencies=dependencies,

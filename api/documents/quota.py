@@ -6,6 +6,7 @@ the usage before, `finish` counts it after (a replaced document counts its new s
 refuses a batch that grew the usage past the quota: 413 for bytes, 409 for the document count.
 A batch that does not grow the usage (re-uploading unchanged files, a smaller replacement) is
 never refused, even when an operator has lowered the quota below the current usage.
+`GET /v1/me/storage` shows a tenant its quota and usage.
 """
 
 from __future__ import annotations
@@ -15,13 +16,21 @@ from uuid import UUID
 
 import asyncpg
 import msgspec
+from litestar import Controller, Request, get
+from litestar.datastructures import State
 
+from api import paths
+from api.deps import DbPool
 from core.errors import Conflict, PayloadTooLarge
 from core.settings import Settings
+from storage.models import Principal
 from storage.repositories import quotas
 from storage.repositories.quotas import StorageUsage
+from storage.tenancy import tenant_tx
 
-__all__ = ["QuotaCheck", "StorageQuota", "effective_quota"]
+__all__ = ["ME_STORAGE", "QuotaCheck", "StorageQuota", "StorageUsageController", "effective_quota"]
+
+ME_STORAGE = f"{paths.ME}/storage"
 
 
 class StorageQuota(msgspec.Struct, frozen=True):
@@ -77,3 +86,23 @@ class QuotaCheck:
                 quota_documents=quota.documents, usage_documents=before.documents,
                 requested_documents=after.documents - before.documents,
             )
+
+
+class TenantStorage(msgspec.Struct):
+    quota: StorageQuota
+    """The storage quota in effect (0 = unlimited)."""
+    usage: StorageUsage
+    """What the tenant keeps now."""
+
+
+class StorageUsageController(Controller):
+    tags = ["auth"]
+
+    @get(ME_STORAGE, operation_id="myStorage")
+    async def storage(self, request: Request[Principal, UUID, State], pool: DbPool) -> TenantStorage:
+        """The calling tenant's storage quota and usage (any role): documents and bytes."""
+        tenant_id = request.user.tenant_id
+        async with tenant_tx(pool, tenant_id, readonly=True) as conn:
+            overrides = await quotas.quota_overrides(conn, tenant_id)
+            usage = await quotas.usage(conn, tenant_id)
+        return TenantStorage(quota=effective_quota(request.app.state.settings, overrides), usage=usage)

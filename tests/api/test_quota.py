@@ -13,7 +13,7 @@ from api.documents.quota import QuotaCheck
 from core.errors import Conflict
 from storage.repositories import documents
 from storage.tenancy import tenant_tx
-from tests.api.helpers import assert_problem
+from tests.api.helpers import assert_problem, bearer, create_key
 from tests.api.test_documents import blob_files, list_documents, upload_files
 
 
@@ -165,3 +165,17 @@ async def _until_waiting_on_quota_lock(owner_pool) -> None:
                 return
         await asyncio.sleep(0.01)
     raise AssertionError("the second upload never waited for the quota lock")
+
+
+async def test_a_tenant_sees_its_own_quota_and_usage(client, make_tenant, settings):
+    operator, t, other = await make_tenant(operator=True), await make_tenant(), await make_tenant()
+    await _set_quota(client, operator, t, documents=5)
+    cid = await _collection(client, t.headers)
+    assert (await _upload_text(client, t.headers, cid, "twelve bytes", uri="a")).status_code == 202
+    reader = await create_key(client, t.headers, "reader")
+    r = await client.get("/v1/me/storage", headers=bearer(reader["key"]))
+    assert r.status_code == 200, r.text
+    assert r.json() == {"quota": {"storage_bytes": settings.tenant_max_storage_bytes, "documents": 5},
+                        "usage": {"documents": 1, "storage_bytes": 12}}
+    r = await client.get("/v1/me/storage", headers=other.headers)  # another tenant: its own, empty
+    assert r.json()["usage"] == {"documents": 0, "storage_bytes": 0}
