@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
@@ -90,6 +91,14 @@ def _not_unicode(request: Request[Any, Any, Any], exc: UnicodeError) -> Response
     return problem(request, 400, "the request holds text that is not valid Unicode", slug="malformed-body")
 
 
+def _unstorable_text(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[dict[str, Any]]:
+    # A backstop like the one above, for text Postgres cannot store (NUL in a path parameter, a
+    # multipart file name or field): JSON bodies are refused where they are decoded.
+    _log.warning("text the database cannot store on %s %s: %s", request.method, request.url.path, exc)
+    return problem(request, 400, "the request holds text that cannot be stored (e.g. a NUL character, U+0000)",
+                   slug="bad-request")
+
+
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
     _log.exception("unhandled error on %s %s", request.method, request.url.path)
     return problem(request, 500, "an unexpected error occurred; it has been logged")
@@ -100,6 +109,8 @@ exception_handlers: ExceptionHandlersMap = {
     ValidationException: _validation_error,
     HTTPException: _http_error,
     UnicodeError: _not_unicode,
+    asyncpg.CharacterNotInRepertoireError: _unstorable_text,  # NUL in text (22021)
+    asyncpg.UntranslatableCharacterError: _unstorable_text,  # \u0000 in jsonb (22P05)
     Exception: _unexpected,
 }
 

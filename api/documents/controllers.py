@@ -20,6 +20,7 @@ from api.auth import require_role
 from api.deps import DbPool, ReadPool
 from api.documents.schemas import AcceptedBatch, DocumentPage
 from api.documents.uploads import accept_json, accept_multipart
+from api.json_bodies import refuse_nul
 from api.metadata_filters import MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_FILTER_ENTRIES, filter_problem
 from api.pagination import decode_cursor, encode_cursor
 from api.shutdown import SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, Shutdown, shutdown_of
@@ -147,6 +148,7 @@ def _decode_metadata(raw: str) -> dict[str, Any]:
         raise BadRequest("metadata must be a JSON object, e.g. {\"team\": \"search\"}")
     if problem := filter_problem(value):
         raise Unprocessable(problem)
+    refuse_nul(value)
     return value
 
 

@@ -173,3 +173,26 @@ async def test_invalid_utf8_in_multipart_fields_and_query_strings_is_replaced_co
     # A query string is decoded the same way, so the stored value can be found again.
     r = await client.get("/v1/documents?metadata=%7B%22team%22%3A%22x%ED%A4%98%22%7D", headers=t.headers)
     assert r.status_code == 200 and [d["id"] for d in r.json()["items"]] == [stored["id"]]
+
+
+async def test_nul_characters_are_400_everywhere_and_nothing_is_stored(client, make_tenant):
+    t = await make_tenant()
+    operator = await make_tenant(operator=True)
+    cid = await _collection(client, t.headers)
+    headers = {**t.headers, "content-type": "application/json"}
+    for path, raw in _endpoints(cid):
+        with_nul = raw.replace(RAW_SURROGATE, b"\\u0000")
+        problem = assert_problem(await client.post(path, content=with_nul, headers=headers), 400)
+        assert "NUL" in problem["detail"], (path, problem)
+    r = await client.get("/v1/documents", params={"metadata": '{"team": "a\\u0000"}'}, headers=t.headers)
+    assert "NUL" in assert_problem(r, 400)["detail"]
+    # Where text is not JSON (a path parameter, a multipart field), the database's refusal is a 400 too.
+    assert_problem(await client.get("/v1/admin/tenants/a%00b/limits", headers=operator.headers), 400)
+    r = await client.post(f"/v1/collections/{cid}/documents", headers=t.headers,
+                          files=[("files", ("a.txt", b"otters", "text/plain")),
+                                 ("metadata", (None, b'{"team": "a\\u0000"}'))])
+    assert_problem(r, 400)
+    assert (await client.get("/v1/documents", headers=t.headers)).json()["items"] == []
+    # An escaped backslash before "u0000" is ordinary text, not NUL.
+    r = await client.post("/v1/collections", content=b'{"name": "a\\\\u0000b"}', headers=headers)
+    assert r.status_code == 201 and r.json()["name"] == "a\\u0000b"
