@@ -1,4 +1,5 @@
-"""Bounds of a metadata filter (`filter.metadata` of a search, `metadata` of the documents list).
+"""Bounds of a metadata filter (`filter.metadata` of a search, `metadata` of the documents list)
+and of a document's own metadata.
 
 A filter becomes a jsonb containment (`@>`) in Postgres; its size sets the work of every row
 compared, so it is bounded in bytes, in keys (and array items) and in nesting depth. The walk
@@ -11,12 +12,16 @@ from typing import Annotated, Any
 
 import msgspec
 
-__all__ = ["MAX_FILTER_BYTES", "MAX_FILTER_DEPTH", "MAX_FILTER_ENTRIES", "MetadataFilter", "filter_problem"]
+__all__ = ["MAX_DOCUMENT_METADATA_BYTES", "MAX_FILTER_BYTES", "MAX_FILTER_DEPTH", "MAX_FILTER_ENTRIES",
+           "MetadataFilter", "filter_problem"]
 
 MAX_FILTER_BYTES = 4096
 MAX_FILTER_ENTRIES = 64
 MAX_FILTER_DEPTH = 4
 MAX_FILTER_TOP_KEYS = 32
+# A document's own metadata (stored with it, copied into every search hit) - the multipart
+# `metadata` field has the same bound as a form field.
+MAX_DOCUMENT_METADATA_BYTES = 64 * 1024
 
 MetadataFilter = Annotated[dict[str, Any], msgspec.Meta(
     max_length=MAX_FILTER_TOP_KEYS,

@@ -16,6 +16,7 @@ from api.documents.multipart import read_multipart
 from api.documents.quota import QuotaCheck
 from api.documents.schemas import Accepted, TextDocument
 from api.json_bodies import decode_json_body
+from api.metadata_filters import MAX_DOCUMENT_METADATA_BYTES
 from core.errors import PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
 from core.settings import Settings
 from jobs.ingest import enqueue_ingest
@@ -137,6 +138,9 @@ async def _register(
     registered = []
     quota = QuotaCheck(settings, tenant_id)
     try:
+        if (size := len(msgspec.json.encode(metadata))) > MAX_DOCUMENT_METADATA_BYTES:
+            raise PayloadTooLarge(f"the metadata is {size} bytes as JSON; a document's metadata may hold at most "
+                                  f"{MAX_DOCUMENT_METADATA_BYTES}")
         async with tenant_tx(pool, tenant_id) as conn:
             await quota.start(conn)
             for filename, title, uri, fmt, blob in items:

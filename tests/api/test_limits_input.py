@@ -8,7 +8,7 @@ import json
 import pytest
 
 from api.chat.schemas import MAX_HISTORY_MESSAGES, MAX_MESSAGE_CHARS, MAX_OPENAI_MESSAGES, MAX_TOTAL_CHARS
-from api.metadata_filters import MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_FILTER_ENTRIES
+from api.metadata_filters import MAX_DOCUMENT_METADATA_BYTES, MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_FILTER_ENTRIES
 from api.search.schemas import MAX_COLLECTIONS, MAX_CURSOR_CHARS, MAX_QUERY_CHARS
 from tests.api.helpers import assert_problem
 
@@ -196,3 +196,16 @@ async def test_nul_characters_are_400_everywhere_and_nothing_is_stored(client, m
     # An escaped backslash before "u0000" is ordinary text, not NUL.
     r = await client.post("/v1/collections", content=b'{"name": "a\\\\u0000b"}', headers=headers)
     assert r.status_code == 201 and r.json()["name"] == "a\\u0000b"
+
+
+async def test_a_documents_metadata_is_bounded(client, make_tenant):
+    t = await make_tenant()
+    cid = await _collection(client, t.headers)
+    big = {"k": "v" * MAX_DOCUMENT_METADATA_BYTES}
+    r = await client.post(f"/v1/collections/{cid}/documents", json={"text": "hello", "metadata": big},
+                          headers=t.headers)
+    assert str(MAX_DOCUMENT_METADATA_BYTES) in assert_problem(r, 413)["detail"]
+    assert (await client.get("/v1/documents", headers=t.headers)).json()["items"] == []
+    r = await client.post(f"/v1/collections/{cid}/documents", json={"text": "hello", "metadata": {"k": "v"}},
+                          headers=t.headers)
+    assert r.status_code == 202, r.text
