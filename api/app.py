@@ -30,7 +30,9 @@ from api.chat.usage import UsageRecorder
 from api.collections.controllers import CollectionController
 from api.deps import dependencies
 from api.documents.controllers import DocumentController
+from api.documents.quota import StorageUsageController
 from api.health.controllers import HealthController
+from api.json_bodies import QuarryRequest
 from api.limits.middleware import rate_limit_middleware
 from api.me import MeController
 from api.metrics import METRICS_PATH, MetricsController, metrics_middleware, route_span_details
@@ -180,7 +182,7 @@ def create_app(settings: Settings) -> Litestar:
             HealthController, MeController, TenantAdminController, TenantMembersController,
             CollectionController, DocumentController, SearchController,
             ConversationController, ChatController, CompletionsController,
-            SourceController, PlanAdminController, MetricsController,
+            SourceController, PlanAdminController, MetricsController, StorageUsageController,
         ],
         lifespan=[lifespan, shutdown_lifespan],  # the shutdown's start ends open streams (api/shutdown.py)
         dependencies=dependencies,
@@ -196,6 +198,7 @@ def create_app(settings: Settings) -> Litestar:
             *([read_your_writes_middleware] if settings.replica_urls else []),
         ],
         request_max_body_size=settings.max_json_bytes,
+        request_class=QuarryRequest,  # JSON bodies that are not UTF-8 are 400s (api/json_bodies.py)
         openapi_config=OpenAPIConfig(
             title="Quarry API",
             version="0.1.0",

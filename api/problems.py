@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.types import ExceptionHandlersMap
@@ -57,7 +58,13 @@ def _validation_error(
     if not _sent_json(request):
         return _not_json(request)
     errors = exc.extra if isinstance(exc.extra, list) else []
-    return problem(request, 422, str(exc.detail), slug="validation", errors=errors)
+    detail = str(exc.detail)
+    first = errors[0] if errors and isinstance(errors[0], dict) else {}
+    if first.get("message"):  # say what is wrong, not only that something is
+        key = first.get("key") if first.get("key") != "data" else None  # "data": the whole body
+        where = ".".join(str(part) for part in (first.get("source"), key) if part)
+        detail = f"{detail}: {first['message']}" + (f" (at {where})" if where else "")
+    return problem(request, 422, detail, slug="validation", errors=errors)
 
 
 def _not_json(request: Request[Any, Any, Any]) -> Response[dict[str, Any]]:
@@ -77,11 +84,19 @@ def _http_error(request: Request[Any, Any, Any], exc: HTTPException) -> Response
     return problem(request, exc.status_code, detail, headers=exc.headers or None, **extra)
 
 
-def _not_utf8(request: Request[Any, Any, Any], exc: UnicodeDecodeError) -> Response[dict[str, Any]]:
-    # msgspec raises UnicodeDecodeError (not a DecodeError) for invalid UTF-8 in a JSON body, e.g.
-    # the raw bytes of a lone surrogate; Litestar lets it through. Content errors in documents
-    # never get here (the parsers turn them into ParseError), so this is the client's body.
-    return problem(request, 400, "the request body is not valid UTF-8", slug="malformed-body")
+def _not_unicode(request: Request[Any, Any, Any], exc: UnicodeError) -> Response[dict[str, Any]]:
+    # A backstop: request text is checked where it is decoded (api/json_bodies.py), so this only
+    # fires for a path that decodes client bytes on its own - still the client's bad text.
+    _log.warning("text that is not valid Unicode on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+    return problem(request, 400, "the request holds text that is not valid Unicode", slug="malformed-body")
+
+
+def _unstorable_text(request: Request[Any, Any, Any], exc: asyncpg.DataError) -> Response[dict[str, Any]]:
+    # A backstop like the one above, for text Postgres cannot store (NUL in a path parameter, a
+    # multipart file name or field): JSON bodies are refused where they are decoded.
+    _log.warning("text the database cannot store on %s %s: %s", request.method, request.url.path, exc)
+    return problem(request, 400, "the request holds text that cannot be stored (e.g. a NUL character, U+0000)",
+                   slug="bad-request")
 
 
 def _unexpected(request: Request[Any, Any, Any], exc: Exception) -> Response[dict[str, Any]]:
@@ -93,7 +108,9 @@ exception_handlers: ExceptionHandlersMap = {
     QuarryError: _quarry_error,
     ValidationException: _validation_error,
     HTTPException: _http_error,
-    UnicodeDecodeError: _not_utf8,
+    UnicodeError: _not_unicode,
+    asyncpg.CharacterNotInRepertoireError: _unstorable_text,  # NUL in text (22021)
+    asyncpg.UntranslatableCharacterError: _unstorable_text,  # \u0000 in jsonb (22P05)
     Exception: _unexpected,
 }
 

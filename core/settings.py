@@ -85,6 +85,13 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     ingest_concurrency_per_tenant: Annotated[int, msgspec.Meta(ge=1, le=64)] = 2
     """Documents of one tenant processed at once across all workers."""
     ingest_max_tries: Annotated[int, msgspec.Meta(ge=1, le=20)] = 4
+    tenant_max_storage_bytes: Annotated[int, msgspec.Meta(ge=0)] = 10 * 1024**3
+    """Bytes of documents one tenant may keep (uploads over it: 413); 0 = unlimited. An operator
+    can set another quota per tenant (PUT /v1/admin/tenants/{name}/limits, `quota`)."""
+    tenant_max_documents: Annotated[int, msgspec.Meta(ge=0)] = 100_000
+    """Documents one tenant may keep (uploads over it: 409); 0 = unlimited; per-tenant override as above."""
+    search_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 5_000
+    """Longest a search statement may run; a cancelled one answers 503 with Retry-After."""
 
     # --- embeddings ---
     embedder: Literal["minilm", "openai"] = "minilm"

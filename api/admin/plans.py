@@ -4,6 +4,9 @@ A plan is a named set of limits per route class; a tenant follows one plan (``de
 unless set) and may carry overrides of its own. What applies is settings defaults ← plan ←
 tenant overrides, field by field; 0 means unlimited. Changes reach every API process within
 the principal-cache local TTL (they are invalidated through Redis pub/sub at once when it is up).
+
+The same tenant endpoint sets the tenant's storage quota (documents and bytes: settings defaults
+← the tenant's `quota`) and shows its usage; a quota change applies to the next upload.
 """
 
 from __future__ import annotations
@@ -19,12 +22,15 @@ from litestar.params import FromPath, JSONBody
 from api import paths
 from api.auth import require_operator
 from api.deps import DbPool
+from api.documents.quota import StorageQuota, effective_quota
 from api.limits.classes import RateClass
 from api.limits.policy import LimitsPolicy
 from core.errors import NotFound, Unprocessable
 from storage.models import Principal
-from storage.repositories import plans, tenants
+from storage.repositories import plans, quotas, tenants
 from storage.repositories.plans import Plan
+from storage.repositories.quotas import StorageUsage
+from storage.tenancy import tenant_tx
 
 __all__ = ["PlanAdminController"]
 
@@ -35,6 +41,7 @@ ADMIN_TENANT_LIMITS = f"{paths.ADMIN_TENANTS}/{{tenant_name:str}}/limits"
 AnyRequest = Request[Principal, UUID, State]
 PerMinute = Annotated[int, msgspec.Meta(ge=0, le=10_000_000)]
 PlanName = Annotated[str, msgspec.Meta(pattern=r"^[a-z0-9][a-z0-9_-]{0,62}$")]
+QuotaValue = Annotated[int, msgspec.Meta(ge=0, le=2**62)]
 
 
 class ClassLimitBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
@@ -51,11 +58,20 @@ class PutPlan(msgspec.Struct, forbid_unknown_fields=True):
     limits: LimitsBody
 
 
+class QuotaBody(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True):
+    storage_bytes: QuotaValue | None = None
+    """Bytes of documents the tenant may keep (0 = unlimited; absent = the settings' default)."""
+    documents: QuotaValue | None = None
+    """Documents the tenant may keep (0 = unlimited; absent = the settings' default)."""
+
+
 class PutTenantLimits(msgspec.Struct, forbid_unknown_fields=True):
     plan: PlanName | None = None
     """The plan to follow (`default` = the settings' defaults, or a plan created here)."""
     limits: LimitsBody | None = None
     """Overrides of this tenant (replace the previous ones; `{}` clears them)."""
+    quota: QuotaBody | None = None
+    """This tenant's storage quota (replaces the previous one; `{}` = the settings' defaults)."""
 
 
 class EffectiveLimit(msgspec.Struct):
@@ -69,6 +85,11 @@ class TenantLimits(msgspec.Struct):
     overrides: dict[str, Any]
     effective: dict[str, EffectiveLimit]
     """What applies now, per route class (requests per minute; 0 = unlimited)."""
+    quota: StorageQuota
+    """The storage quota in effect (0 = unlimited)."""
+    quota_overrides: dict[str, Any]
+    usage: StorageUsage
+    """What the tenant keeps now."""
 
 
 class PlanList(msgspec.Struct):
@@ -120,6 +141,8 @@ class PlanAdminController(Controller):
                 raise Unprocessable(f"no plan named {data.plan!r}; create it with PUT {ADMIN_PLANS}/{data.plan}")
             limits = msgspec.to_builtins(data.limits) if data.limits is not None else None
             tenant = await plans.set_tenant_limits(conn, tenant_name, data.plan, limits)
+            if data.quota is not None:
+                await quotas.set_tenant_quota(conn, tenant_name, msgspec.to_builtins(data.quota))
         await _policy(request).tenant_changed(tenant.id)
         return await _describe(request, pool, tenant_name)
 
@@ -138,5 +161,10 @@ async def _describe(request: AnyRequest, pool: DbPool, tenant_name: str) -> Tena
     if tenant is None or row is None:
         raise NotFound(f"no tenant named {tenant_name!r}")
     effective = await _policy(request).effective(tenant.id)
+    async with tenant_tx(pool, tenant.id, readonly=True) as conn:
+        overrides = await quotas.quota_overrides(conn, tenant.id)
+        usage = await quotas.usage(conn, tenant.id)
     return TenantLimits(tenant=tenant.name, plan=row.plan, overrides=row.tenant_limits,
-                        effective={c: EffectiveLimit(v.key, v.tenant) for c, v in effective.items()})
+                        effective={c: EffectiveLimit(v.key, v.tenant) for c, v in effective.items()},
+                        quota=effective_quota(request.app.state.settings, overrides),
+                        quota_overrides=overrides, usage=usage)

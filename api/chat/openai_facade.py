@@ -100,7 +100,8 @@ def _text(content: str | list[dict[str, Any]] | None) -> str:
         return ""
     if isinstance(content, str):
         return content
-    return "".join(str(part.get("text") or "") for part in content if part.get("type") in ("text", "input_text"))
+    return "".join(part["text"] for part in content
+                   if part.get("type") in ("text", "input_text") and isinstance(part.get("text"), str))
 
 
 def _conversation(messages: list[OpenAIMessage]) -> tuple[str, list[tuple[str, str]], str | None]:

@@ -20,6 +20,8 @@ from api.auth import require_role
 from api.deps import DbPool, ReadPool
 from api.documents.schemas import AcceptedBatch, DocumentPage
 from api.documents.uploads import accept_json, accept_multipart
+from api.json_bodies import refuse_nul
+from api.metadata_filters import MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_FILTER_ENTRIES, filter_problem
 from api.pagination import decode_cursor, encode_cursor
 from api.shutdown import SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, Shutdown, shutdown_of
 from core.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
@@ -57,7 +59,7 @@ class DocumentController(Controller):
             accepted = await accept_multipart(content_type, request.stream(), settings=settings, **common)
         elif content_type.split(";")[0].strip() == "application/json":
             body = await _read_limited(request.stream(), settings.max_upload_bytes)
-            accepted = await accept_json(body, **common)
+            accepted = await accept_json(body, settings=settings, **common)
         else:
             raise UnsupportedMediaType("send multipart/form-data (files) or application/json (text)")
         return AcceptedBatch(documents=accepted)
@@ -74,7 +76,10 @@ class DocumentController(Controller):
         cursor: Annotated[str | None, QueryParameter()] = None,
         collection_id: Annotated[UUID | None, QueryParameter()] = None,
         status: Annotated[DocumentStatus | None, QueryParameter()] = None,
-        metadata: Annotated[str | None, QueryParameter(description="JSON object the metadata must contain")] = None,
+        metadata: Annotated[str | None, QueryParameter(
+            description=f"JSON object the metadata must contain (at most {MAX_FILTER_BYTES} bytes, "
+                        f"{MAX_FILTER_ENTRIES} keys and items, {MAX_FILTER_DEPTH} levels)",
+            max_length=2 * MAX_FILTER_BYTES)] = None,
     ) -> DocumentPage:
         """List documents, oldest first (keyset pagination), filtered by collection, status, metadata."""
         after = _decode_document_cursor(cursor) if cursor else None
@@ -141,6 +146,9 @@ def _decode_metadata(raw: str) -> dict[str, Any]:
         value = None
     if not isinstance(value, dict):
         raise BadRequest("metadata must be a JSON object, e.g. {\"team\": \"search\"}")
+    if problem := filter_problem(value):
+        raise Unprocessable(problem)
+    refuse_nul(value)
     return value
 
 

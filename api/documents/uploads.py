@@ -13,8 +13,11 @@ from arq.connections import ArqRedis
 from redis.exceptions import RedisError
 
 from api.documents.multipart import read_multipart
+from api.documents.quota import QuotaCheck
 from api.documents.schemas import Accepted, TextDocument
-from core.errors import BadRequest, PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
+from api.json_bodies import decode_json_body
+from api.metadata_filters import MAX_DOCUMENT_METADATA_BYTES
+from core.errors import PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
 from core.settings import Settings
 from jobs.ingest import enqueue_ingest
 from rag.parsing import FORMATS, detect_format
@@ -25,8 +28,6 @@ from storage.repositories import collections, documents
 from storage.tenancy import tenant_tx
 
 __all__ = ["accept_json", "accept_multipart"]
-
-_json_decoder = msgspec.json.Decoder(TextDocument)
 
 # (filename, title, uri, format, stored bytes)
 _Item = tuple[str | None, str, str | None, str, StoredBlob]
@@ -66,7 +67,7 @@ async def accept_multipart(
         (f.filename, f.filename.rsplit(".", 1)[0], f.filename, fmt, f.blob)
         for f, fmt in zip(form.files, formats, strict=True)
     ]
-    return await _register(items, metadata, tenant_id, collection_id, pool, arq, blobs)
+    return await _register(items, metadata, tenant_id, collection_id, pool, arq, blobs, settings)
 
 
 async def accept_json(
@@ -77,20 +78,17 @@ async def accept_json(
     pool: asyncpg.Pool,
     arq: ArqRedis,
     blobs: BlobStore,
+    settings: Settings,
 ) -> list[Accepted]:
-    try:
-        doc = _json_decoder.decode(body)
-    except msgspec.ValidationError as exc:
-        raise Unprocessable(str(exc)) from None
-    except msgspec.DecodeError:
-        raise BadRequest("the request body is not valid JSON") from None
+    doc = decode_json_body(body, TextDocument)
     if not doc.text.strip():
         raise Unprocessable("text is empty")
     async with tenant_tx(pool, tenant_id, readonly=True) as conn:
         await collections.get_collection(conn, collection_id)
     blob = await blobs.save_bytes(tenant_id, doc.text.encode(), name="text")
     return await _register(
-        [(None, doc.title, doc.uri, doc.format, blob)], doc.metadata, tenant_id, collection_id, pool, arq, blobs
+        [(None, doc.title, doc.uri, doc.format, blob)], doc.metadata, tenant_id, collection_id, pool, arq, blobs,
+        settings,
     )
 
 
@@ -131,13 +129,20 @@ async def _register(
     pool: asyncpg.Pool,
     arq: ArqRedis,
     blobs: BlobStore,
+    settings: Settings,
 ) -> list[Accepted]:
     """One transaction for the batch, then the jobs (a job finding no row is a no-op).
+    The storage quota is decided in that transaction, under the tenant's quota lock (413/409).
     Owns the stored bytes from here: removes them when the batch is not registered, and when a
     job cannot be queued, fails the documents left without one (never `queued` with no job)."""
     registered = []
+    quota = QuotaCheck(settings, tenant_id)
     try:
+        if (size := len(msgspec.json.encode(metadata))) > MAX_DOCUMENT_METADATA_BYTES:
+            raise PayloadTooLarge(f"the metadata is {size} bytes as JSON; a document's metadata may hold at most "
+                                  f"{MAX_DOCUMENT_METADATA_BYTES}")
         async with tenant_tx(pool, tenant_id) as conn:
+            await quota.start(conn)
             for filename, title, uri, fmt, blob in items:
                 doc, action = await documents.register_upload(
                     conn,
@@ -151,6 +156,7 @@ async def _register(
                     metadata=metadata,
                 )
                 registered.append((filename, fmt, doc, action))
+            await quota.finish(conn)
     except BaseException:
         _discard(blobs, tenant_id, [item[4] for item in items])
         raise

@@ -7,6 +7,7 @@ import time
 from typing import Any
 from uuid import UUID
 
+import asyncpg
 import msgspec
 from litestar import Controller, Request, Response, post
 from litestar.datastructures import State
@@ -17,7 +18,7 @@ from api.deps import ReadPool
 from api.pagination import decode_cursor, encode_cursor
 from api.search.schemas import SearchRequest, SearchResponse
 from api.search.scope import EmbedderGroup, embedder_groups, search_scope
-from core.errors import BadRequest, Unprocessable
+from core.errors import BadRequest, Unavailable, Unprocessable
 from storage.caches.search import CachedSearch, SearchCache
 from storage.models import Principal, SearchHit
 
@@ -68,11 +69,19 @@ class SearchController(Controller):
             [EmbedderGroup(embedder, data.collections)] if data.mode == "keyword"  # no embedder involved
             else await embedder_groups(read_pool, tenant_id, data.collections, request.app.state.embedders)
         )
-        hits = await search_scope(
-            read_pool, tenant_id, groups, lambda e: _query_vector(e, query, cache), query=query, mode=data.mode,
-            metadata=data.filter.metadata if data.filter else None,
-            k=data.k + 1, offset=offset, candidates=max(MIN_CANDIDATES, offset + data.k + 1),
-        )
+        timeout_ms = request.app.state.settings.search_statement_timeout_ms
+        try:
+            hits = await search_scope(
+                read_pool, tenant_id, groups, lambda e: _query_vector(e, query, cache), query=query, mode=data.mode,
+                metadata=data.filter.metadata if data.filter else None,
+                k=data.k + 1, offset=offset, candidates=max(MIN_CANDIDATES, offset + data.k + 1),
+                statement_timeout_ms=timeout_ms,
+            )
+        except asyncpg.QueryCanceledError as exc:
+            error = Unavailable(f"the search took longer than {timeout_ms} ms and was cancelled; try again "
+                                "shortly, or narrow it (fewer collections, a simpler metadata filter)")
+            error.headers["Retry-After"] = "1"
+            raise error from exc
         more = len(hits) > data.k and offset + data.k < MAX_OFFSET
         hits = hits[: data.k]
         next_cursor = encode_cursor([offset + data.k, _fingerprint(data)]) if more else None

@@ -53,8 +53,11 @@ async def embedder_groups(
 async def search_scope(
     read_pool: Any, tenant_id: UUID, groups: list[EmbedderGroup], query_vector: QueryVector, *,
     query: str, mode: SearchMode, metadata: dict[str, Any] | None, k: int, offset: int, candidates: int,
+    statement_timeout_ms: int,
 ) -> list[SearchHit]:
-    """Hits `offset`..`offset + k` of the scope, best first."""
+    """Hits `offset`..`offset + k` of the scope, best first. Each statement is cancelled after
+    `statement_timeout_ms` (transaction-local, set with the tenant: no extra round trip)."""
+    local_settings = {**SEARCH_SETTINGS, "statement_timeout": str(statement_timeout_ms)}
     single = len(groups) == 1
     hits: list[SearchHit] = []
     for group in groups:
@@ -68,7 +71,7 @@ async def search_scope(
                 k=k if single else offset + k, offset=offset if single else 0, candidates=candidates,
             )
 
-        hits += await run_tenant_read(read_pool, tenant_id, run, local_settings=SEARCH_SETTINGS)
+        hits += await run_tenant_read(read_pool, tenant_id, run, local_settings=local_settings)
     if single:
         return hits
     hits.sort(key=lambda h: (-h.score, h.chunk_id))
