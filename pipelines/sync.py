@@ -36,8 +36,16 @@ import asyncpg
 from core.errors import Conflict, QuarryError
 from core.settings import Settings
 from rag.chunking import TokenOffsets
-from rag.connectors import ConfigError, ConnectorError, Fetched, Gone, ItemFailed, NetPolicy, make_connector
-from rag.connectors.config import parse_roots
+from rag.connectors import (
+    ConfigError,
+    ConnectorError,
+    Fetched,
+    FolderRoots,
+    Gone,
+    ItemFailed,
+    NetPolicy,
+    make_connector,
+)
 from rag.embedders import Embedder
 from rag.ingest import prepare_file
 from rag.parsing import FORMATS, detect_format
@@ -80,8 +88,8 @@ def net_policy(settings: Settings) -> NetPolicy:
     return NetPolicy(settings.connector_allow_private)
 
 
-def folder_roots(settings: Settings) -> list[Path]:
-    return parse_roots(settings.connector_folder_roots)
+def folder_roots(settings: Settings) -> FolderRoots:
+    return FolderRoots.parse(settings.connector_folder_roots, data_dir=settings.data_path)
 
 
 async def sync_source(
@@ -135,9 +143,9 @@ class _Run:
                 self.embedder = await self.deps.embedders.get(conn, collection.active_embedder)
             s = self.deps.settings
             connector = make_connector(
-                source.kind, source.config, policy=net_policy(s), folder_roots=folder_roots(s),
-                max_item_bytes=s.connector_max_item_bytes, timeout_s=s.connector_timeout_s,
-                user_agent=s.connector_user_agent,
+                source.kind, source.config, tenant_id=self.tenant_id, policy=net_policy(s),
+                folder_roots=folder_roots(s), max_item_bytes=s.connector_max_item_bytes,
+                timeout_s=s.connector_timeout_s, user_agent=s.connector_user_agent,
             )
             cursors = {uri: doc.source_cursor for uri, doc in known.items()
                        if doc.status == "ready" and doc.source_cursor is not None}

@@ -64,12 +64,12 @@ def _evaluate(instance, admin_url):
     return sources_sensor(context)
 
 
-async def test_sensor_picks_up_api_source_and_run_now(api, make_tenant, instance, admin_url, folder_root, pool):
+async def test_sensor_picks_up_api_source_and_run_now(api, make_tenant, instance, admin_url, tenant_dir, pool):
     tenant = await make_tenant()
-    (folder_root / "guide.md").write_text("# Guide\n\nFeldspar is the most common mineral group.")
+    (tenant_dir(tenant.id) / "guide.md").write_text("# Guide\n\nFeldspar is the most common mineral group.")
     collection_id = await new_collection(api, tenant.headers)
     r = await api.post("/v1/sources", json={"name": "guide", "kind": "folder", "collection_id": collection_id,
-                                            "config": {"path": str(folder_root)}}, headers=tenant.headers)
+                                            "config": {"path": "."}}, headers=tenant.headers)
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
 
@@ -110,11 +110,12 @@ async def test_sensor_picks_up_api_source_and_run_now(api, make_tenant, instance
     assert sid in removed
 
 
-async def test_sensor_queues_due_schedule_once(api, make_tenant, instance, admin_url, folder_root, owner_pool, pool):
+async def test_sensor_queues_due_schedule_once(api, make_tenant, instance, admin_url, tenant_dir, owner_pool, pool):
     tenant = await make_tenant()
+    tenant_dir(tenant.id)
     collection_id = await new_collection(api, tenant.headers)
     r = await api.post("/v1/sources", json={"name": "hourly", "kind": "folder", "collection_id": collection_id,
-                                            "config": {"path": str(folder_root)}, "schedule": "* * * * *"},
+                                            "config": {"path": "."}, "schedule": "* * * * *"},
                        headers=tenant.headers)
     sid = r.json()["id"]
     async with owner_pool.acquire() as conn:  # as if created a few minutes ago
@@ -144,9 +145,9 @@ def test_due_tick():
     assert due_tick("0 0 * * *", now - timedelta(hours=1), now) is None
 
 
-async def test_failed_sync_fails_the_dagster_run(make_tenant, make_source, instance, admin_url, folder_root):
+async def test_failed_sync_fails_the_dagster_run(make_tenant, make_source, instance, admin_url, tenant_dir):
     tenant = await make_tenant()
-    gone = folder_root / "gone"
+    gone = tenant_dir(tenant.id) / "gone"
     gone.mkdir()
     source = await make_source(tenant.id, "folder", {"path": str(gone)})
     gone.rmdir()
@@ -161,13 +162,14 @@ def _run_checks(admin_url):
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
-async def test_asset_checks(make_tenant, make_source, make_deps, sync_settings, folder_root, admin_url, owner_pool):
+async def test_asset_checks(make_tenant, make_source, make_deps, sync_settings, tenant_dir, admin_url, owner_pool):
     from pipelines.sync import sync_source
 
     tenant = await make_tenant()
-    (folder_root / "a.md").write_text("Gneiss is banded.")
-    (folder_root / "b.md").write_text("Schist is flaky.")
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    folder = tenant_dir(tenant.id)
+    (folder / "a.md").write_text("Gneiss is banded.")
+    (folder / "b.md").write_text("Schist is flaky.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
     await sync_source(make_deps(sync_settings), tenant.id, source.id)
     ok = await asyncio.to_thread(_run_checks, admin_url)
     assert all(e.passed for e in ok.values()), {k: e.metadata for k, e in ok.items()}
