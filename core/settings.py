@@ -145,6 +145,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     connector_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
     """Longest fetch of one item (connect + download); a source may set a lower limit."""
     connector_user_agent: str = "QuarryBot/0.1 (+https://github.com/quarry-rag/quarry)"
+    sync_max_runtime_s: Annotated[float, msgspec.Meta(gt=0)] = 10800.0
+    """Longest sync run: it then stops as failed (nothing deleted, its lock freed; the next run
+    continues where it stopped). Dagster kills a run still alive a few minutes later."""
 
     # --- serving: pool budget, caches, rate limits, telemetry (docs/serving.md) ---
     db_max_connections: PositiveInt = 80

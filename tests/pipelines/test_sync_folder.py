@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 
+import msgspec
 import pytest
 
 from pipelines.sync import SyncBusy, sync_source
@@ -166,3 +168,39 @@ async def test_cross_tenant_folder_attempts_read_nothing(
         assert await conn.fetchval("SELECT count(*) FROM documents") == 0
         assert await conn.fetchval("SELECT count(*) FROM chunks") == 0
 
+
+
+async def test_hung_run_is_stopped_at_its_max_runtime_and_frees_its_lock(
+    pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir, monkeypatch
+):
+    from rag.connectors.folder import FolderConnector
+
+    tenant = await make_tenant()
+    folder = tenant_dir(tenant.id)
+    (folder / "a.md").write_text("Andesite is a volcanic rock.")
+    (folder / "b.md").write_text("Basalt is darker.")
+    source = await make_source(tenant.id, "folder", {"path": "."})
+    release = threading.Event()
+    real_read = FolderConnector._read
+
+    def hung_read(self, folder_fd, parts):  # a read that never returns (a dead network mount)
+        if parts[-1] == "b.md":
+            release.wait()
+        return real_read(self, folder_fd, parts)
+
+    monkeypatch.setattr(FolderConnector, "_read", hung_read)
+    deps = make_deps(msgspec.structs.replace(sync_settings, sync_max_runtime_s=1.0))
+    try:
+        report = await sync_source(deps, tenant.id, source.id)
+    finally:
+        release.set()
+    run = report.run
+    assert run.status == "failed" and "QUARRY_SYNC_MAX_RUNTIME_S" in run.errors[0]["error"], run.errors
+    assert run.added <= 1 and run.deleted == 0 and run.complete is None  # a.md may or may not have made it
+    async with pool.acquire() as probe:  # the lock is free: the next run can start
+        assert await probe.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                    sources.lock_key(source.id))
+        await probe.execute("SELECT pg_advisory_unlock_all()")
+    monkeypatch.setattr(FolderConnector, "_read", real_read)
+    again = (await sync_source(make_deps(sync_settings), tenant.id, source.id)).run
+    assert again.status == "succeeded" and (again.added, again.skipped) == (2 - run.added, run.added)
