@@ -255,3 +255,23 @@ def test_isolated_session_sees_no_platform_configuration(platform_credentials):
     assert session.get_config_variable("region") is None
     assert session.get_config_variable("ca_bundle") is None
     assert session.get_scoped_config() == {}
+
+
+async def test_aws_hosts_are_checked_too(monkeypatch, pool, make_tenant, make_source, make_deps, settings):
+    """Without endpoint_url botocore picks the host (bucket, region, redirects): each one is
+    resolved once and checked before any connection."""
+    real_getaddrinfo = socket.getaddrinfo
+    lookups: list[str] = []
+
+    def poisoned(host, port, *args, **kwargs):
+        if str(host).endswith(".amazonaws.com"):
+            lookups.append(host)
+            return [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("64:ff9b::a9fe:a9fe", port, 0, 0))]
+        return real_getaddrinfo(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", poisoned)
+    tenant = await make_tenant()
+    source = await make_source(tenant.id, "s3", {"bucket": "some-public-bucket", "region": "eu-west-1"})
+    run = (await sync_source(make_deps(settings), tenant.id, source.id)).run
+    assert run.status == "failed" and "non-public address 64:ff9b::a9fe:a9fe" in run.errors[0]["error"], run.errors
+    assert lookups and len(set(lookups)) == len(lookups)  # each host resolved once, retries included
