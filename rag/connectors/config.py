@@ -109,7 +109,12 @@ class FolderRoots:
     def parse(cls, text: str, *, data_dir: Path | None) -> FolderRoots:
         """QUARRY_CONNECTOR_FOLDER_ROOTS (comma-separated); a root that overlaps `data_dir`
         (uploads, the embedded databases, keys) disables folder sources altogether."""
-        roots = tuple(Path(os.path.realpath(p.strip())) for p in text.split(",") if p.strip())
+        roots = tuple(dict.fromkeys(Path(os.path.realpath(p.strip())) for p in text.split(",") if p.strip()))
+        for i, root in enumerate(roots):
+            if any(root.is_relative_to(other) or other.is_relative_to(root) for other in roots[i + 1:]):
+                # Nested roots would put one tenant's folder inside another's.
+                return cls(roots, "folder sources are disabled on this server: two folder roots overlap "
+                                  "(the operator fixes QUARRY_CONNECTOR_FOLDER_ROOTS)")
         if data_dir is not None:
             data = Path(os.path.realpath(data_dir))
             for root in roots:
@@ -136,10 +141,10 @@ def resolve_folder(config: FolderConfig, roots: FolderRoots, tenant_id: UUID | s
                                          "(the operator sets QUARRY_CONNECTOR_FOLDER_ROOTS)")
     if "\0" in config.path:
         raise ConfigError("config.path", "must not contain NUL characters")
-    tenant_dirs = [root / str(tenant_id) for root in roots.roots]
+    tenant_id = str(UUID(str(tenant_id)))  # canonical: the folder name is never a path of its own
+    tenant_dirs = [root / tenant_id for root in roots.roots]
     path = Path(config.path)
-    candidates = [path] if path.is_absolute() else [tenant_dirs[0] / path]
-    real = Path(os.path.realpath(candidates[0]))
+    real = Path(os.path.realpath(path if path.is_absolute() else tenant_dirs[0] / path))
     for tenant_dir in tenant_dirs:
         if real == tenant_dir or real.is_relative_to(tenant_dir):
             break

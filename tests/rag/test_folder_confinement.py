@@ -155,3 +155,15 @@ def test_roots_overlapping_the_data_directory_are_refused(tmp_path: Path) -> Non
     link.symlink_to(data)  # through a link too
     assert FolderRoots.parse(str(link / "uploads"), data_dir=data).problem
     assert FolderRoots.parse(str(tmp_path / "sources"), data_dir=data).problem is None
+
+
+def test_nested_roots_are_refused(tmp_path: Path) -> None:
+    """`<A>/<tenant a>/x` as a second root would put tenant b's folder inside tenant a's."""
+    outer = tmp_path / "outer"
+    inner = outer / ME / "inner"
+    inner.mkdir(parents=True)
+    roots = FolderRoots.parse(f"{outer},{inner}", data_dir=tmp_path / "data")
+    assert roots.problem and "two folder roots overlap" in roots.problem
+    with pytest.raises(ConfigError, match="two folder roots overlap"):
+        _validate(".", roots, tenant=OTHER)
+    assert FolderRoots.parse(f"{outer},{outer}/", data_dir=None).problem is None  # the same root twice is one root
