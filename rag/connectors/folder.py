@@ -31,6 +31,9 @@ from rag.connectors.globs import matches
 
 __all__ = ["FolderConnector", "open_beneath"]
 
+MAX_FILES = 100_000
+"""Files listed per scan at most (the listing is held in memory): beyond, the scan is partial
+(nothing is deleted) and says so."""
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
@@ -60,6 +63,7 @@ class FolderConnector:
         self.location = location
         self.max_item_bytes = min(max_item_bytes, config.max_item_bytes or max_item_bytes)
         self.complete = False
+        self.truncated = False
         self.notes: list[str] = []
 
     def _open_folder(self) -> int:
@@ -80,11 +84,18 @@ class FolderConnector:
     def _list(self, folder_fd: int) -> list[tuple[str, tuple[str, ...], os.stat_result]]:
         """(relative path, the parts to open below the folder, stat) of every wanted file."""
         folder_real = self.location.tenant_dir.joinpath(*self.location.parts)
-        found = []
+        found: list[tuple[str, tuple[str, ...], os.stat_result]] = []
         for dirpath, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=folder_fd, follow_symlinks=False):
+            if self.truncated:
+                break
             dirnames.sort()
             prefix = tuple(p for p in dirpath.split("/") if p not in ("", "."))
             for name in sorted(filenames):
+                if len(found) >= MAX_FILES:
+                    self.truncated = True
+                    self.notes.append(f"stopped listing at {MAX_FILES} files: the files not listed are kept, "
+                                      "nothing was deleted")
+                    break
                 parts = (*prefix, name)
                 rel = "/".join(parts)
                 if not matches(rel, self.config.include, self.config.exclude):
@@ -158,6 +169,6 @@ class FolderConnector:
                     yield ItemFailed(rel, f"cannot read the file: {exc}")
                     continue
                 yield Fetched(rel, data, cursor, filename=parts[-1], metadata={"path": rel})
-            self.complete = True
+            self.complete = not self.truncated
         finally:
             os.close(folder_fd)

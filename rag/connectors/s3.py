@@ -42,6 +42,10 @@ from rag.connectors.netguard import BlockedAddress, NetPolicy, resolve_checked, 
 
 __all__ = ["S3Connector", "isolated_session"]
 
+MAX_OBJECTS = 100_000
+"""Objects listed per scan at most (the listing is held in memory): beyond, the scan is
+partial (nothing is deleted) and says so."""
+
 
 class _Pins:
     """host:port -> the checked addresses, resolved once per scan (a refusal is remembered too)."""
@@ -132,6 +136,7 @@ class S3Connector:
         self.max_item_bytes = min(max_item_bytes, config.max_item_bytes or max_item_bytes)
         self.timeout_s = min(timeout_s, config.timeout_s or timeout_s)
         self.complete = False
+        self.truncated = False
         self.notes: list[str] = []
         self.pins = _Pins(policy)
 
@@ -161,16 +166,23 @@ class S3Connector:
         return client
 
     def _list(self, client: Any) -> list[dict[str, Any]]:
-        objects = []
+        objects: list[dict[str, Any]] = []
         paginator = client.get_paginator("list_objects_v2")
         for page in paginator.paginate(Bucket=self.config.bucket, Prefix=self.config.prefix):
             for obj in page.get("Contents", []):
+                if len(objects) >= MAX_OBJECTS:
+                    self.truncated = True
+                    self.notes.append(f"stopped listing at {MAX_OBJECTS} objects: the objects not listed are "
+                                      "kept, nothing was deleted")
+                    break
                 key = obj["Key"]
                 rel = key[len(self.config.prefix):].lstrip("/")
                 if key.endswith("/") or not rel:
                     continue  # "folder" placeholder objects
                 if matches(rel, self.config.include, self.config.exclude):
                     objects.append(obj)
+            if self.truncated:
+                break  # before the next page is requested
         return objects
 
     def _get(self, client: Any, key: str) -> tuple[bytes, str | None]:
@@ -216,7 +228,7 @@ class S3Connector:
                 continue
             yield Fetched(key, data, cursor, filename=key.rsplit("/", 1)[-1], content_type=content_type,
                           metadata={"bucket": self.config.bucket, "key": key})
-        self.complete = True
+        self.complete = not self.truncated
 
 
 def _describe(exc: Exception) -> str:

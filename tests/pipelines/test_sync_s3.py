@@ -275,3 +275,15 @@ async def test_aws_hosts_are_checked_too(monkeypatch, pool, make_tenant, make_so
     run = (await sync_source(make_deps(settings), tenant.id, source.id)).run
     assert run.status == "failed" and "non-public address 64:ff9b::a9fe:a9fe" in run.errors[0]["error"], run.errors
     assert lookups and len(set(lookups)) == len(lookups)  # each host resolved once, retries included
+
+
+async def test_s3_listing_is_bounded(monkeypatch, pool, make_tenant, make_source, make_deps, settings):
+    from rag.connectors import s3 as s3_connector
+
+    monkeypatch.setattr(s3_connector, "MAX_OBJECTS", 2)
+    with _Recorder({f"doc-{i}.txt": f"Document {i} about tuff.".encode() for i in range(3)}) as s3:
+        tenant = await make_tenant()
+        source = await make_source(tenant.id, "s3", {"bucket": "docs", "endpoint_url": f"http://127.0.0.1:{s3.port}"})
+        deps = make_deps(msgspec.structs.replace(settings, connector_allow_private=f"127.0.0.1:{s3.port}"))
+        run = (await sync_source(deps, tenant.id, source.id)).run
+    assert run.status == "succeeded" and run.added == 2 and run.complete is False and run.deleted == 0

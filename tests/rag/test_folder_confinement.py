@@ -167,3 +167,15 @@ def test_nested_roots_are_refused(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="two folder roots overlap"):
         _validate(".", roots, tenant=OTHER)
     assert FolderRoots.parse(f"{outer},{outer}/", data_dir=None).problem is None  # the same root twice is one root
+
+
+async def test_listing_is_bounded_and_a_cut_listing_deletes_nothing(
+    layout: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.connectors import folder
+
+    monkeypatch.setattr(folder, "MAX_FILES", 1)
+    connector = _connector("docs", _roots(layout))
+    fetched = await _scan(connector)
+    assert list(fetched) == ["a.md"] and connector.complete is False
+    assert "stopped listing at 1 files" in connector.notes[-1]
