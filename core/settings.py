@@ -145,12 +145,16 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Private, loopback and link-local destinations connectors may reach anyway (SSRF guard):
     comma-separated `host:port`, IP or CIDR entries, or `*` for all. Empty: none."""
     connector_folder_roots: str = ""
-    """Directories (comma-separated) under which folder sources may read. Empty: no folder sources."""
+    """Directories (comma-separated) under which folder sources may read; a tenant reads only its
+    `<root>/<tenant id>/` of each, and no root may overlap data_dir. Empty: no folder sources."""
     connector_max_item_bytes: PositiveInt = 50 * 1024 * 1024
     """Largest item a sync fetches (file, object or page); a source may set a lower limit."""
     connector_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=600)] = 30.0
     """Longest fetch of one item (connect + download); a source may set a lower limit."""
     connector_user_agent: str = "QuarryBot/0.1 (+https://github.com/quarry-rag/quarry)"
+    sync_max_runtime_s: Annotated[float, msgspec.Meta(gt=0)] = 10800.0
+    """Longest sync run: it then stops as failed (nothing deleted, its lock freed; the next run
+    continues where it stopped). Dagster kills a run still alive a few minutes later."""
 
     # --- serving: pool budget, caches, rate limits, telemetry (docs/serving.md) ---
     db_max_connections: PositiveInt = 80
@@ -203,6 +207,11 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("must not exceed QUARRY_DB_POOL_MAX - at `$.db_pool_min`")
         if not re.fullmatch(r"\s*(\w+=\d+/\d+\s*(,\s*\w+=\d+/\d+\s*)*)?", self.rate_limits):
             raise ValueError("expected class=per_key/per_tenant pairs, e.g. search=600/3000 - at `$.rate_limits`")
+        data = Path(os.path.realpath(self.data_dir))
+        for root in (Path(os.path.realpath(r.strip())) for r in self.connector_folder_roots.split(",") if r.strip()):
+            if root == data or root.is_relative_to(data) or data.is_relative_to(root):
+                # A tenant's folder source must never read uploads, the embedded databases or keys.
+                raise ValueError(f"{root} overlaps QUARRY_DATA_DIR ({data}) - at `$.connector_folder_roots`")
 
     @property
     def data_path(self) -> Path:

@@ -130,7 +130,7 @@ async def _sources(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, args
         if action == "create":
             created = await sources.create_source(
                 conn, tenant_id=tenant_id, collection_id=await _collection_id(conn, args.collection), name=args.name,
-                kind=args.kind, config=check_config(args.kind, _config(args.config), settings),
+                kind=args.kind, config=check_config(args.kind, _config(args.config), settings, tenant_id),
                 schedule=check_schedule(args.schedule), enabled=not args.disabled,
             )
             _print(source_out(created, None))
@@ -146,7 +146,7 @@ async def _sources(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, args
                 changes["schedule"] = None if args.schedule == "none" else check_schedule(args.schedule)
             if action == "update" and args.config:
                 changes["config"] = check_config(source.kind, merge_secrets(_config(args.config), source.config),
-                                                 settings)
+                                                 settings, tenant_id)
             _print(source_out(await sources.update_source(conn, source.id, changes), None))
             return 0
         if action == "delete":

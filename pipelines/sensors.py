@@ -6,13 +6,26 @@ Each tick (every few seconds) it
 2. queues the latest due cron tick of every enabled, scheduled source (once per tick);
 3. requests a run of `source_sync_job` for every queued sync run (API "run now", CLI or
    schedule), with run_key = the sync run id, so each is launched exactly once;
-4. fails queued/running rows whose Dagster run ended without finishing them;
+4. fails queued rows whose Dagster run ended without starting them, and `running` rows that
+   nobody runs any more: the engine holds the source's advisory lock for as long as its row
+   is running, so a running row whose lock is free is stale (a killed or crashed run, a
+   Dagster run failed by its max runtime); a running row whose Dagster run ended while its
+   process still holds the lock (wedged past Dagster's kill) gets that process's database
+   connection terminated (found by its application_name), which frees the lock;
 5. fails Dagster sync runs whose worker died (STARTED for minutes while nobody holds the
-   source's advisory lock): the per-source concurrency limit of the run queue would
+   source's advisory lock): the per-source and per-tenant limits of the run queue would
    otherwise wait on them forever.
+
+Run requests carry `quarry/tenant` (dagster.yaml limits runs per tenant, so one tenant's slow
+sources cannot take every slot) and `dagster/max_runtime` (QUARRY_SYNC_MAX_RUNTIME_S plus a
+grace period: run monitoring fails a run that outlives it).
+
+The locks are looked up in `pg_locks` rather than by taking them (which could make a
+starting run fail as busy).
 """
 
 import asyncio
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -29,8 +42,18 @@ from dagster import (
     sensor,
 )
 
-from pipelines.resources import PostgresResource
-from pipelines.sync_assets import SOURCES_PARTITIONS, TAG_SOURCE, TAG_SYNC_RUN, TAG_TENANT, TAG_TRIGGER, sync_job
+from pipelines.resources import PostgresResource, QuarryResource
+from pipelines.sync import lock_holder_name
+from pipelines.sync_assets import (
+    SOURCES_PARTITIONS,
+    TAG_MAX_RUNTIME,
+    TAG_SOURCE,
+    TAG_SYNC_RUN,
+    TAG_TENANT,
+    TAG_TRIGGER,
+    max_runtime_tag,
+    sync_job,
+)
 from storage.repositories import sources as source_repo
 from storage.repositories import sync_runs as run_repo
 
@@ -38,6 +61,7 @@ SENSOR_INTERVAL_S = 3
 _ENDED = {DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE, DagsterRunStatus.CANCELED}
 _REAP_AFTER = timedelta(seconds=30)
 _DEAD_WORKER_AFTER_S = 120.0
+_log = logging.getLogger("quarry.pipelines.sensors")
 
 
 def due_tick(schedule: str, since: datetime, now: datetime) -> datetime | None:
@@ -68,19 +92,53 @@ async def _running(conn: asyncpg.Connection, rows: list[Any]) -> list[run_repo.S
     return [await run_repo.get_run(conn, r["id"]) for r in rows]
 
 
-async def _fail_rows(database_url: str, failures: list[tuple[Any, str, Any]]) -> None:
+async def _fail_rows(database_url: str, failures: list[tuple[Any, str, Any]], terminate: list[int]) -> None:
     conn = await asyncpg.connect(database_url)
     try:
+        for pid in terminate:
+            try:
+                await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+            except asyncpg.InsufficientPrivilegeError:
+                _log.warning("cannot end the connection %s of a stopped sync run (the owner role needs "
+                             "pg_signal_backend); its source stays locked until that process exits", pid)
         for run_id, reason, only_if in failures:
             await run_repo.fail_run(conn, run_id, reason, only_if=only_if)
     finally:
         await conn.close()
 
 
+async def _lock_holders(database_url: str, source_ids: list[str]) -> dict[str, list[tuple[int, str]]]:
+    """source id -> (pid, application_name) of the sessions holding its sync lock."""
+    if not source_ids:
+        return {}
+    conn = await asyncpg.connect(database_url)
+    try:
+        rows = await conn.fetch(
+            # A bigint advisory lock shows in pg_locks as classid = high 32 bits, objid = low 32 bits.
+            """SELECT s.id, l.pid, coalesce(a.application_name, '') AS application_name
+               FROM unnest($1::text[], $2::text[]) AS s(id, lock_key)
+               CROSS JOIN LATERAL (SELECT hashtextextended(s.lock_key, 0) AS k) h
+               JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                    AND l.classid = ((h.k >> 32) & 4294967295)::oid AND l.objid = (h.k & 4294967295)::oid
+               LEFT JOIN pg_stat_activity a ON a.pid = l.pid""",
+            source_ids, [source_repo.lock_key(i) for i in source_ids],
+        )
+    finally:
+        await conn.close()
+    holders: dict[str, list[tuple[int, str]]] = {}
+    for row in rows:
+        holders.setdefault(row["id"], []).append((row["pid"], row["application_name"]))
+    return holders
+
+
 @sensor(job=sync_job, minimum_interval_seconds=SENSOR_INTERVAL_S, default_status=DefaultSensorStatus.RUNNING,
         description="Keeps source partitions in step with the sources table; launches due and requested syncs.")
-def sources_sensor(context: SensorEvaluationContext, postgres: PostgresResource) -> SensorResult:
+def sources_sensor(
+    context: SensorEvaluationContext, postgres: PostgresResource, quarry: QuarryResource
+) -> SensorResult:
     now = datetime.now(UTC)
+    max_runtime = max_runtime_tag(quarry.settings().sync_max_runtime_s)
     all_sources, runs = asyncio.run(_tick(postgres.database_url, now))
     by_id = {str(s.id): s for s in all_sources}
     existing = set(context.instance.get_dynamic_partitions(SOURCES_PARTITIONS.name or "sources"))
@@ -96,15 +154,12 @@ def sources_sensor(context: SensorEvaluationContext, postgres: PostgresResource)
             requests.append(RunRequest(
                 run_key=f"sync:{run.id}", partition_key=str(run.source_id),
                 tags={TAG_SOURCE: str(run.source_id), TAG_TENANT: source.tenant_name, TAG_SYNC_RUN: str(run.id),
-                      TAG_TRIGGER: run.trigger, "quarry/source_name": source.name},
+                      TAG_TRIGGER: run.trigger, TAG_MAX_RUNTIME: max_runtime, "quarry/source_name": source.name},
             ))
-        elif run.status == "running" and run.dagster_run_id:
-            dagster_run = context.instance.get_run_by_id(run.dagster_run_id)
-            if dagster_run is not None and dagster_run.status in _ENDED:
-                failures.append((run.id, f"interrupted: its Dagster run ended ({dagster_run.status.value})",
-                                 "running"))
-    if failures:
-        asyncio.run(_fail_rows(postgres.database_url, failures))
+    stale, terminate = _stale_running(context, postgres.database_url, [r for r in runs if r.status == "running"])
+    failures.extend(stale)
+    if failures or terminate:
+        asyncio.run(_fail_rows(postgres.database_url, failures, terminate))
     _fail_dead_workers(context, postgres.database_url)
     partition_requests: list[Any] = []
     if added:
@@ -116,24 +171,32 @@ def sources_sensor(context: SensorEvaluationContext, postgres: PostgresResource)
     return SensorResult(run_requests=requests, dynamic_partitions_requests=partition_requests)
 
 
+def _stale_running(
+    context: SensorEvaluationContext, database_url: str, running: list[run_repo.SyncRun]
+) -> tuple[list[tuple[Any, str, Any]], list[int]]:
+    """The running rows nobody will finish, and the connections of wedged runs to end."""
+    holders = asyncio.run(_lock_holders(database_url, sorted({str(r.source_id) for r in running})))
+    failures: list[tuple[Any, str, Any]] = []
+    terminate: list[int] = []
+    for run in running:
+        dagster_run = context.instance.get_run_by_id(run.dagster_run_id) if run.dagster_run_id else None
+        ended = f" (its Dagster run {dagster_run.status.value})" if dagster_run and dagster_run.status in _ENDED else ""
+        held = holders.get(str(run.source_id), [])
+        if not held:
+            failures.append((run.id, f"interrupted: no process is running it any more{ended}", "running"))
+        elif ended:
+            wedged = [pid for pid, name in held if name == lock_holder_name(run.dagster_run_id)]
+            if wedged:
+                terminate.extend(wedged)
+                failures.append((run.id, f"interrupted{ended}: its process still held the source; "
+                                         "its database connection was ended", "running"))
+                context.log.warning(f"ended the database connection of wedged sync run {run.id}")
+    return failures, terminate
+
+
 def _dagster_run_ended(context: SensorEvaluationContext, run_key_tag: str) -> bool:
     records = context.instance.get_runs(filters=RunsFilter(tags={TAG_SYNC_RUN: run_key_tag}), limit=1)
     return bool(records) and records[0].status in _ENDED
-
-
-async def _unlocked(database_url: str, source_ids: list[str]) -> set[str]:
-    """Sources whose advisory lock nobody holds (taken and released at once)."""
-    conn = await asyncpg.connect(database_url)
-    try:
-        free = set()
-        for source_id in source_ids:
-            key = source_repo.lock_key(source_id)
-            if await conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
-                await conn.execute("SELECT pg_advisory_unlock(hashtextextended($1, 0))", key)
-                free.add(source_id)
-        return free
-    finally:
-        await conn.close()
 
 
 def _fail_dead_workers(context: SensorEvaluationContext, database_url: str) -> None:
@@ -144,9 +207,9 @@ def _fail_dead_workers(context: SensorEvaluationContext, database_url: str) -> N
            and r.dagster_run.tags.get(TAG_SOURCE)]
     if not old:
         return
-    free = asyncio.run(_unlocked(database_url, [r.dagster_run.tags[TAG_SOURCE] for r in old]))
+    held = asyncio.run(_lock_holders(database_url, sorted({r.dagster_run.tags[TAG_SOURCE] for r in old})))
     for record in old:
-        if record.dagster_run.tags[TAG_SOURCE] in free:
+        if not held.get(record.dagster_run.tags[TAG_SOURCE]):
             context.instance.report_run_failed(
                 record.dagster_run, "the run worker is gone: the run holds no lock on its source")
             context.log.warning(f"failed dead sync run {record.dagster_run.run_id}")

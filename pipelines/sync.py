@@ -36,8 +36,16 @@ import asyncpg
 from core.errors import Conflict, QuarryError
 from core.settings import Settings
 from rag.chunking import TokenOffsets
-from rag.connectors import ConfigError, ConnectorError, Fetched, Gone, ItemFailed, NetPolicy, make_connector
-from rag.connectors.config import parse_roots
+from rag.connectors import (
+    ConfigError,
+    ConnectorError,
+    Fetched,
+    FolderRoots,
+    Gone,
+    ItemFailed,
+    NetPolicy,
+    make_connector,
+)
 from rag.embedders import Embedder
 from rag.ingest import prepare_file
 from rag.parsing import FORMATS, detect_format
@@ -49,7 +57,7 @@ from storage.tenancy import tenant_tx
 
 from .embedding import EmbedderResolver, UnknownEmbedder
 
-__all__ = ["SyncBusy", "SyncDeps", "SyncReport", "folder_roots", "net_policy", "sync_source"]
+__all__ = ["SyncBusy", "SyncDeps", "SyncReport", "folder_roots", "lock_holder_name", "net_policy", "sync_source"]
 
 _log = logging.getLogger("quarry.pipelines.sync")
 PROGRESS_EVERY_S = 1.0
@@ -76,12 +84,17 @@ class SyncReport:
     timings_ms: dict[str, float] = field(default_factory=dict)
 
 
+def lock_holder_name(dagster_run_id: str | None) -> str:
+    """application_name of the connection holding a source's lock (at most 63 characters)."""
+    return f"quarry-sync {dagster_run_id or 'inline'}"[:63]
+
+
 def net_policy(settings: Settings) -> NetPolicy:
     return NetPolicy(settings.connector_allow_private)
 
 
-def folder_roots(settings: Settings) -> list[Path]:
-    return parse_roots(settings.connector_folder_roots)
+def folder_roots(settings: Settings) -> FolderRoots:
+    return FolderRoots.parse(settings.connector_folder_roots, data_dir=settings.data_path)
 
 
 async def sync_source(
@@ -92,6 +105,9 @@ async def sync_source(
     made). SyncBusy when another run holds the source."""
     async with deps.pool.acquire() as lock_conn:
         key = sources.lock_key(source_id)
+        # Names the lock holder, so the sensor can end the connection of a run Dagster gave up
+        # on while its process lives on (a session setting: the pool resets it on release).
+        await lock_conn.execute("SELECT set_config('application_name', $1, false)", lock_holder_name(dagster_run_id))
         if not await lock_conn.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key):
             if run_id is not None:
                 async with tenant_tx(deps.pool, tenant_id) as conn:
@@ -130,30 +146,40 @@ class _Run:
         complete: bool | None = None
         notes: list[str] = []
         embedder_name = collection.active_embedder
+        deadline = asyncio.timeout(self.deps.settings.sync_max_runtime_s)
         try:
             async with tenant_tx(pool, self.tenant_id, readonly=True) as conn:
                 self.embedder = await self.deps.embedders.get(conn, collection.active_embedder)
             s = self.deps.settings
             connector = make_connector(
-                source.kind, source.config, policy=net_policy(s), folder_roots=folder_roots(s),
-                max_item_bytes=s.connector_max_item_bytes, timeout_s=s.connector_timeout_s,
-                user_agent=s.connector_user_agent,
+                source.kind, source.config, tenant_id=self.tenant_id, policy=net_policy(s),
+                folder_roots=folder_roots(s), max_item_bytes=s.connector_max_item_bytes,
+                timeout_s=s.connector_timeout_s, user_agent=s.connector_user_agent,
             )
             cursors = {uri: doc.source_cursor for uri, doc in known.items()
                        if doc.status == "ready" and doc.source_cursor is not None}
             seen: set[str] = set()
             started = time.perf_counter()
-            async for result in connector.scan(cursors):
-                self.timings["fetch"] += (time.perf_counter() - started) * 1000
-                seen.add(result.uri)
-                await self._handle(result)
-                await self._progress()
-                started = time.perf_counter()
-            notes = connector.notes
-            complete = connector.complete
-            if complete:
-                await self._delete([uri for uri in known if uri not in seen], "gone upstream")
+            async with deadline:
+                async for result in connector.scan(cursors):
+                    self.timings["fetch"] += (time.perf_counter() - started) * 1000
+                    seen.add(result.uri)
+                    await self._handle(result)
+                    await self._progress()
+                    started = time.perf_counter()
+                notes = connector.notes
+                complete = connector.complete
+                if complete:
+                    await self._delete([uri for uri in known if uri not in seen], "gone upstream")
             status = "succeeded"
+        except TimeoutError as exc:
+            if not deadline.expired():
+                await self._internal_error(exc, status, complete)
+                raise
+            complete = None  # stopped mid-way: nothing is deleted
+            self.errors.insert(0, {"error": f"the run took longer than QUARRY_SYNC_MAX_RUNTIME_S "
+                                            f"({self.deps.settings.sync_max_runtime_s:g} s) and was stopped; "
+                                            "the next run continues where it stopped"})
         except (ConnectorError, ConfigError, UnknownEmbedder) as exc:
             self.errors.insert(0, {"error": str(exc)})
         except (asyncio.CancelledError, KeyboardInterrupt):
@@ -162,13 +188,16 @@ class _Run:
             await asyncio.shield(self._finish(status, complete))
             raise
         except Exception as exc:
-            _log.exception("sync of source %s failed", self.source_id)
-            self.errors.insert(0, {"error": f"internal error: {type(exc).__name__}: {exc}"[:500]})
-            await self._finish(status, complete)
+            await self._internal_error(exc, status, complete)
             raise
         finished = await self._finish(status, complete)
         return SyncReport(run=finished, embedder=embedder_name, notes=notes,
                           timings_ms={k: round(v, 1) for k, v in self.timings.items()})
+
+    async def _internal_error(self, exc: Exception, status: sync_runs.RunStatus, complete: bool | None) -> None:
+        _log.exception("sync of source %s failed", self.source_id)
+        self.errors.insert(0, {"error": f"internal error: {type(exc).__name__}: {exc}"[:500]})
+        await self._finish(status, complete)
 
     async def _finish(self, status: sync_runs.RunStatus, complete: bool | None) -> SyncRun:
         async with tenant_tx(self.deps.pool, self.tenant_id) as conn:

@@ -36,6 +36,15 @@ TAG_SOURCE = "quarry/source"
 TAG_TENANT = "quarry/tenant"
 TAG_SYNC_RUN = "quarry/sync_run_id"
 TAG_TRIGGER = "quarry/trigger"
+TAG_MAX_RUNTIME = "dagster/max_runtime"
+KILL_GRACE_S = 300
+"""Dagster kills a sync run this long after QUARRY_SYNC_MAX_RUNTIME_S: the run stops itself at
+the limit (its row failed, its lock freed); the kill is for a process too wedged to do so."""
+
+
+def max_runtime_tag(sync_max_runtime_s: float) -> str:
+    """The `dagster/max_runtime` of a sync run (seconds): run monitoring fails it after that."""
+    return str(int(sync_max_runtime_s) + KILL_GRACE_S)
 
 SOURCE_DOCUMENTS = AssetSpec(
     "source_documents", group_name="syncs", partitions_def=SOURCES_PARTITIONS,

@@ -42,8 +42,8 @@ class SourceController(Controller):
     ) -> SourceOut:
         """Create a data source (folder, website or S3) syncing into a collection."""
         schedule = check_schedule(data.schedule)
-        config = check_config(data.kind, data.config, settings)
         tenant_id = request.user.tenant_id
+        config = check_config(data.kind, data.config, settings, tenant_id)
         async with tenant_tx(pool, tenant_id) as conn:
             source = await sources.create_source(
                 conn, tenant_id=tenant_id, collection_id=data.collection_id, name=data.name, kind=data.kind,
@@ -89,7 +89,8 @@ class SourceController(Controller):
         async with tenant_tx(pool, request.user.tenant_id) as conn:
             current = await sources.get_source(conn, source_id, for_update=True)
             if isinstance(data.config, dict):
-                changes["config"] = check_config(current.kind, merge_secrets(data.config, current.config), settings)
+                changes["config"] = check_config(current.kind, merge_secrets(data.config, current.config), settings,
+                                                 request.user.tenant_id)
             source = await sources.update_source(conn, source_id, changes)
             latest = await sync_runs.latest_runs(conn, [source_id])
         return source_out(source, latest.get(source_id))

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from croniter import croniter
 
 from core.errors import Unprocessable
 from core.settings import Settings
-from rag.connectors import ConfigError, NetPolicy, redact_config, validate_config
-from rag.connectors.config import SECRET_FIELDS, parse_roots
+from rag.connectors import ConfigError, FolderRoots, NetPolicy, redact_config, validate_config
+from rag.connectors.config import SECRET_FIELDS
 from storage.repositories.sources import Source
 from storage.repositories.sync_runs import SyncRun
 
@@ -33,10 +34,11 @@ def check_schedule(schedule: str | None) -> str | None:
     return expression
 
 
-def check_config(kind: str, config: dict[str, Any], settings: Settings) -> dict[str, Any]:
+def check_config(kind: str, config: dict[str, Any], settings: Settings, tenant_id: UUID) -> dict[str, Any]:
+    """A folder source is checked against the tenant's own folder (`<root>/<tenant id>`)."""
     try:
-        validate_config(kind, config, policy=NetPolicy(settings.connector_allow_private),
-                        folder_roots=parse_roots(settings.connector_folder_roots))
+        validate_config(kind, config, policy=NetPolicy(settings.connector_allow_private), tenant_id=tenant_id,
+                        folder_roots=FolderRoots.parse(settings.connector_folder_roots, data_dir=settings.data_path))
     except ConfigError as exc:
         raise _invalid(exc.field, exc.message) from None
     return config

@@ -17,6 +17,7 @@ from rag.connectors.base import (
 from rag.connectors.config import (
     ConfigError,
     FolderConfig,
+    FolderRoots,
     S3Config,
     SourceConfig,
     WebsiteConfig,
@@ -27,7 +28,7 @@ from rag.connectors.factory import make_connector
 from rag.connectors.netguard import BlockedAddress, NetPolicy
 
 __all__ = [
-    "BlockedAddress", "ConfigError", "Connector", "ConnectorError", "Fetched", "FolderConfig", "Gone",
+    "BlockedAddress", "ConfigError", "Connector", "ConnectorError", "Fetched", "FolderConfig", "FolderRoots", "Gone",
     "ItemFailed", "NetPolicy", "S3Config", "ScanResult", "SourceConfig", "Unchanged", "WebsiteConfig",
     "make_connector", "redact_config", "validate_config",
 ]

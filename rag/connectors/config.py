@@ -3,23 +3,32 @@
 `validate_config(kind, raw, ...)` returns the typed config or raises `ConfigError` whose
 `field` is a dotted path such as ``config.max_depth``. Secrets (S3 keys) are kept in the
 database but never returned whole: `redact_config` masks them for API answers and logs.
+
+Folder sources are confined per tenant: a tenant reads only `<root>/<tenant id>/` of each
+root in QUARRY_CONNECTOR_FOLDER_ROOTS (the id, not the name: a name can be reused by a new
+tenant after the old one is deleted, an id cannot). A source's `path` is relative to that
+folder (of the first root), or absolute inside it; it is resolved with `realpath` (symbolic
+links included) and must stay inside. No root may overlap the data directory.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlsplit
+from uuid import UUID
 
 import msgspec
 
 from rag.connectors.netguard import NetPolicy
 
 __all__ = [
-    "SECRET_FIELDS", "ConfigError", "FolderConfig", "S3Config", "SourceConfig", "WebsiteConfig", "parse_roots",
-    "redact_config", "validate_config",
+    "SECRET_FIELDS", "ConfigError", "FolderConfig", "FolderLocation", "FolderRoots", "S3Config", "SourceConfig",
+    "WebsiteConfig", "redact_config", "resolve_folder", "validate_config",
 ]
 
 Glob = Annotated[str, msgspec.Meta(min_length=1, max_length=500)]
@@ -52,7 +61,7 @@ class S3Config(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     bucket: Annotated[str, msgspec.Meta(min_length=3, max_length=63, pattern=r"^[a-z0-9][a-z0-9.\-_]*[a-z0-9]$")]
     prefix: Annotated[str, msgspec.Meta(max_length=1024)] = ""
     endpoint_url: Annotated[str, msgspec.Meta(max_length=2048)] | None = None
-    region: Annotated[str, msgspec.Meta(min_length=1, max_length=64)] = "us-east-1"
+    region: Annotated[str, msgspec.Meta(min_length=1, max_length=64, pattern=r"^[a-z0-9][a-z0-9-]*$")] = "us-east-1"
     access_key_id: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     secret_access_key: Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None = None
     include: list[Glob] = msgspec.field(default_factory=list)
@@ -89,13 +98,70 @@ def _field_of(message: str) -> tuple[str, str]:
     return "config" + re.sub(r"\[(\d+)\]", r"[\1]", path), msg
 
 
-def parse_roots(text: str) -> list[Path]:
-    """QUARRY_CONNECTOR_FOLDER_ROOTS: comma-separated directories, resolved."""
-    return [Path(p.strip()).resolve() for p in text.split(",") if p.strip()]
+@dataclass(frozen=True)
+class FolderRoots:
+    """The operator's folder roots, as real paths, and why they cannot be used (if so)."""
+
+    roots: tuple[Path, ...]
+    problem: str | None = None
+
+    @classmethod
+    def parse(cls, text: str, *, data_dir: Path | None) -> FolderRoots:
+        """QUARRY_CONNECTOR_FOLDER_ROOTS (comma-separated); a root that overlaps `data_dir`
+        (uploads, the embedded databases, keys) disables folder sources altogether."""
+        roots = tuple(dict.fromkeys(Path(os.path.realpath(p.strip())) for p in text.split(",") if p.strip()))
+        for i, root in enumerate(roots):
+            if any(root.is_relative_to(other) or other.is_relative_to(root) for other in roots[i + 1:]):
+                # Nested roots would put one tenant's folder inside another's.
+                return cls(roots, "folder sources are disabled on this server: two folder roots overlap "
+                                  "(the operator fixes QUARRY_CONNECTOR_FOLDER_ROOTS)")
+        if data_dir is not None:
+            data = Path(os.path.realpath(data_dir))
+            for root in roots:
+                if root == data or root.is_relative_to(data) or data.is_relative_to(root):
+                    return cls(roots, "folder sources are disabled on this server: a folder root overlaps the data "
+                                      "directory (the operator fixes QUARRY_CONNECTOR_FOLDER_ROOTS)")
+        return cls(roots)
+
+
+@dataclass(frozen=True)
+class FolderLocation:
+    tenant_dir: Path
+    """`<root>/<tenant id>` (the root a real path, this last component not a link)."""
+    parts: tuple[str, ...]
+    """The source's folder below `tenant_dir`, symbolic links resolved."""
+
+
+def resolve_folder(config: FolderConfig, roots: FolderRoots, tenant_id: UUID | str) -> FolderLocation:
+    """Where a folder source reads, confined to the tenant's folder; ConfigError otherwise."""
+    if roots.problem:
+        raise ConfigError("config.path", roots.problem)
+    if not roots.roots:
+        raise ConfigError("config.path", "folder sources are disabled on this server "
+                                         "(the operator sets QUARRY_CONNECTOR_FOLDER_ROOTS)")
+    if "\0" in config.path:
+        raise ConfigError("config.path", "must not contain NUL characters")
+    tenant_id = str(UUID(str(tenant_id)))  # canonical: the folder name is never a path of its own
+    tenant_dirs = [root / tenant_id for root in roots.roots]
+    path = Path(config.path)
+    real = Path(os.path.realpath(path if path.is_absolute() else tenant_dirs[0] / path))
+    for tenant_dir in tenant_dirs:
+        if real == tenant_dir or real.is_relative_to(tenant_dir):
+            break
+    else:
+        raise ConfigError("config.path", "must be inside this tenant's folder: a path relative to it, or an absolute "
+                                         f"path under `<root>/{tenant_id}/` of a QUARRY_CONNECTOR_FOLDER_ROOTS root "
+                                         "(symbolic links that lead elsewhere are refused)")
+    if not real.is_dir():
+        if not tenant_dir.is_dir():
+            raise ConfigError("config.path", f"this tenant has no folder yet: the operator creates `{tenant_id}/` "
+                                             "in a QUARRY_CONNECTOR_FOLDER_ROOTS root")
+        raise ConfigError("config.path", "is not an existing directory")
+    return FolderLocation(tenant_dir, real.relative_to(tenant_dir).parts)
 
 
 def validate_config(
-    kind: str, raw: Any, *, policy: NetPolicy, folder_roots: list[Path]
+    kind: str, raw: Any, *, policy: NetPolicy, folder_roots: FolderRoots, tenant_id: UUID | str
 ) -> SourceConfig:
     cls = _BY_KIND.get(kind)
     if cls is None:
@@ -108,27 +174,12 @@ def validate_config(
         field, message = _field_of(str(exc))
         raise ConfigError(field, message) from None
     if isinstance(config, FolderConfig):
-        _check_folder(config, folder_roots)
+        resolve_folder(config, folder_roots, tenant_id)
     elif isinstance(config, WebsiteConfig):
         _check_website(config, policy)
     else:
         _check_s3(config, policy)
     return config
-
-
-def _check_folder(config: FolderConfig, roots: list[Path]) -> None:
-    path = Path(config.path)
-    if not path.is_absolute():
-        raise ConfigError("config.path", "must be an absolute path")
-    if not roots:
-        raise ConfigError("config.path", "folder sources are disabled on this server "
-                                         "(the operator sets QUARRY_CONNECTOR_FOLDER_ROOTS)")
-    resolved = path.resolve()
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
-        raise ConfigError("config.path", "must be inside one of the folders the operator allows "
-                                         "(QUARRY_CONNECTOR_FOLDER_ROOTS)")
-    if not resolved.is_dir():
-        raise ConfigError("config.path", "is not an existing directory")
 
 
 def check_url(field: str, url: str, policy: NetPolicy) -> None:

@@ -6,6 +6,14 @@ backend that resolves the host itself, checks EVERY resolved address, and connec
 checked address (never resolving twice, so DNS rebinding cannot swap in another address).
 Redirects are new connections, so each hop is checked too. TLS still verifies the original
 host name (httpcore passes it as SNI / server_hostname).
+
+What is "public" is decided here, not by `ipaddress.is_global` alone: Python's tables vary by
+release and call NAT64 (`64:ff9b::/96`), IPv4-compatible (`::/96`) and 6to4 addresses global,
+although each reaches an IPv4 address through a translator or relay. So every address is
+classified by `non_public_reason`: explicit tables of special-purpose IPv4 and IPv6 ranges
+(RFC 6890 and the IANA registries), IPv6 forms that embed an IPv4 address (mapped: its IPv4
+is checked; 6to4: allowed only when the embedded IPv4 is public; NAT64, compatible,
+translated and Teredo: refused), then Python's flags as a last net.
 """
 
 from __future__ import annotations
@@ -19,7 +27,10 @@ from typing import Any
 import httpcore
 import httpx
 
-__all__ = ["BlockedAddress", "GuardedBackend", "NetPolicy", "guarded_client", "resolve_checked"]
+__all__ = [
+    "BlockedAddress", "GuardedBackend", "NetPolicy", "guarded_client", "non_public_reason", "resolve_checked",
+    "resolve_checked_sync",
+]
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -53,8 +64,8 @@ class NetPolicy:
 
     def permits(self, address: IPAddress, host: str, port: int) -> bool:
         if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        if address.is_global and not address.is_multicast:
+            address = address.ipv4_mapped  # the IPv4 address a dual-stack socket reaches
+        if non_public_reason(address) is None:
             return True
         if self.allow_all:
             return True
@@ -63,28 +74,90 @@ class NetPolicy:
         return any(address in network for network in self.networks)
 
 
-async def resolve_checked(host: str, port: int, policy: NetPolicy) -> list[str]:
-    """Every address `host` resolves to, if ALL are permitted; else BlockedAddress."""
-    try:
-        literal: IPAddress | None = ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        literal = None
-    if literal is not None:
-        addresses = [str(literal)]
+def _nets(*cidrs: str) -> tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...]:
+    return tuple((ipaddress.ip_network(c.split(" ", 1)[0]), c.split(" ", 1)[1]) for c in cidrs)
+
+
+_V4_SPECIAL = _nets(
+    "0.0.0.0/8 this-network", "10.0.0.0/8 private", "100.64.0.0/10 shared (CGNAT)", "127.0.0.0/8 loopback",
+    "169.254.0.0/16 link-local", "172.16.0.0/12 private", "192.0.0.0/24 IETF protocol assignments",
+    "192.0.2.0/24 documentation", "192.88.99.0/24 6to4 relay anycast", "192.168.0.0/16 private",
+    "198.18.0.0/15 benchmarking", "198.51.100.0/24 documentation", "203.0.113.0/24 documentation",
+    "224.0.0.0/4 multicast", "240.0.0.0/4 reserved (and broadcast)",
+)
+_V6_SPECIAL = _nets(
+    "::/96 IPv4-compatible (and unspecified, loopback)", "::ffff:0:0:0/96 IPv4-translated",
+    "64:ff9b::/96 NAT64", "64:ff9b:1::/48 local-use NAT64", "100::/64 discard-only",
+    "2001::/32 Teredo", "2001:10::/28 ORCHID", "2001:20::/28 ORCHIDv2", "2001:db8::/32 documentation",
+    "3fff::/20 documentation", "5f00::/16 SRv6 SIDs", "fc00::/7 unique local", "fe80::/10 link-local",
+    "fec0::/10 site-local", "ff00::/8 multicast",
+)
+
+
+def non_public_reason(address: IPAddress) -> str | None:
+    """Why `address` is not a public unicast destination, or None if it is one."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            inner = non_public_reason(address.ipv4_mapped)
+            return None if inner is None else f"IPv4-mapped {address.ipv4_mapped}: {inner}"
+        for network, label in _V6_SPECIAL:
+            if address in network:
+                return label
+        if address.sixtofour is not None:
+            # 2002::/16 reaches the IPv4 address it embeds: that address decides (whatever
+            # this Python release's flags say about 2002::/16 itself).
+            inner = non_public_reason(address.sixtofour)
+            return None if inner is None else f"6to4 of {address.sixtofour}: {inner}"
     else:
-        try:
-            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        except socket.gaierror as exc:
-            raise httpx.ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
-        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        for network, label in _V4_SPECIAL:
+            if address in network:
+                return label
+    if (address.is_multicast or address.is_loopback or address.is_link_local or address.is_unspecified
+            or address.is_reserved or address.is_private or not address.is_global):
+        return "not globally reachable"
+    return None
+
+
+def _check_all(host: str, port: int, addresses: list[str], policy: NetPolicy) -> list[str]:
     for text in addresses:
         address = ipaddress.ip_address(text.split("%", 1)[0])
         if not policy.permits(address, host, port):
             raise BlockedAddress(
                 f"refused to connect to {host}:{port}: it resolves to the non-public address {address} "
-                "(the operator may allow it with QUARRY_CONNECTOR_ALLOW_PRIVATE)"
+                f"({non_public_reason(address)}; the operator may allow it with QUARRY_CONNECTOR_ALLOW_PRIVATE)"
             )
     return addresses
+
+
+def _literal(host: str) -> list[str] | None:
+    try:
+        return [str(ipaddress.ip_address(host.strip("[]")))]
+    except ValueError:
+        return None
+
+
+async def resolve_checked(host: str, port: int, policy: NetPolicy) -> list[str]:
+    """Every address `host` resolves to, if ALL are permitted; else BlockedAddress."""
+    addresses = _literal(host)
+    if addresses is None:
+        try:
+            infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpx.ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return _check_all(host, port, addresses, policy)
+
+
+def resolve_checked_sync(host: str, port: int, policy: NetPolicy) -> list[str]:
+    """`resolve_checked` for synchronous clients (boto3 runs in worker threads)."""
+    addresses = _literal(host)
+    if addresses is None:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as exc:
+            raise httpx.ConnectError(f"cannot resolve {host}: {exc.strerror}") from None
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+    return _check_all(host, port, addresses, policy)
 
 
 class GuardedBackend(httpcore.AsyncNetworkBackend):

@@ -19,6 +19,13 @@ def roots(tmp_path: Path) -> Path:
     return root
 
 
+def tenant_folder(roots: Path, tenant) -> Path:
+    """`<root>/<tenant id>`: the only folder the tenant's folder sources may read."""
+    path = roots / str(tenant.id)
+    (path / "docs").mkdir(parents=True, exist_ok=True)
+    return path
+
+
 @pytest.fixture
 async def api(app_client, settings, roots):
     custom = msgspec.structs.replace(settings, connector_folder_roots=str(roots),
@@ -32,7 +39,8 @@ async def test_crud_cycle(api, make_tenant, roots):
     h = tenant.headers
     collection_id = await new_collection(api, h)
     body = {"name": "handbook", "kind": "folder", "collection_id": collection_id,
-            "config": {"path": str(roots / "docs"), "include": ["**/*.md"]}, "schedule": "*/15 * * * *"}
+            "config": {"path": str(tenant_folder(roots, tenant) / "docs"), "include": ["**/*.md"]},
+            "schedule": "*/15 * * * *"}
     r = await api.post("/v1/sources", json=body, headers=h)
     assert r.status_code == 201, r.text
     source = r.json()
@@ -119,7 +127,8 @@ async def test_bad_schedule(api, make_tenant, roots, schedule):
 
 async def test_unknown_collection_and_kind(api, make_tenant, roots):
     tenant = await make_tenant()
-    r = await api.post("/v1/sources", json={"name": "x", "kind": "folder", "config": {"path": str(roots)},
+    tenant_folder(roots, tenant)
+    r = await api.post("/v1/sources", json={"name": "x", "kind": "folder", "config": {"path": "docs"},
                                             "collection_id": "00000000-0000-0000-0000-000000000001"},
                        headers=tenant.headers)
     assert_problem(r, 422)
@@ -154,9 +163,11 @@ async def test_s3_secret_is_masked_and_kept(api, make_tenant, owner_pool):
 
 async def test_roles_and_tenant_isolation(api, make_tenant, roots):
     owner, other = await make_tenant(), await make_tenant()
+    tenant_folder(roots, owner)
     collection_id = await new_collection(api, owner.headers)
     r = await api.post("/v1/sources", json={"name": "x", "kind": "folder", "collection_id": collection_id,
-                                            "config": {"path": str(roots)}}, headers=owner.headers)
+                                            "config": {"path": "docs"}}, headers=owner.headers)
+    assert r.status_code == 201, r.text
     sid = r.json()["id"]
     reader = await create_key(api, owner.headers, "reader")
     assert_problem(await api.post("/v1/sources", json={}, headers=bearer(reader["key"])), 403)
@@ -169,3 +180,19 @@ async def test_roles_and_tenant_isolation(api, make_tenant, roots):
     other_collection = await new_collection(api, other.headers)
     r = await api.patch(f"/v1/sources/{sid}", json={"collection_id": other_collection}, headers=owner.headers)
     assert_problem(r, 422)
+
+
+async def test_folder_paths_of_other_tenants_are_422(api, make_tenant, roots):
+    victim, attacker = await make_tenant(), await make_tenant()
+    theirs, mine = tenant_folder(roots, victim), tenant_folder(roots, attacker)
+    (mine / "link").symlink_to(theirs)
+    collection_id = await new_collection(api, attacker.headers)
+    for path in (f"../{victim.id}", f"docs/../../{victim.id}/docs", str(theirs), str(theirs / "docs"), str(roots),
+                 "link", "link/docs", str(mine / "link"), "/", ".."):
+        r = await api.post("/v1/sources", json={"name": "x", "kind": "folder", "collection_id": collection_id,
+                                                "config": {"path": path}}, headers=attacker.headers)
+        problem = assert_problem(r, 422)
+        assert problem["errors"][0]["key"] == "config.path" and "inside this tenant's folder" in problem["detail"]
+    r = await api.post("/v1/sources", json={"name": "mine", "kind": "folder", "collection_id": collection_id,
+                                            "config": {"path": "docs"}}, headers=attacker.headers)
+    assert r.status_code == 201, r.text

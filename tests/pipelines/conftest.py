@@ -51,6 +51,18 @@ def folder_root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
+def tenant_dir(folder_root: Path) -> Callable[[Any], Path]:
+    """The folder a tenant's folder sources may read: `<root>/<tenant id>` (made here)."""
+
+    def factory(tenant_id: Any) -> Path:
+        path = folder_root / str(tenant_id)
+        path.mkdir(exist_ok=True)
+        return path
+
+    return factory
+
+
+@pytest.fixture
 def sync_settings(settings: Settings, folder_root: Path) -> Settings:
     return msgspec.structs.replace(settings, connector_folder_roots=str(folder_root))
 

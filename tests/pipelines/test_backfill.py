@@ -26,11 +26,12 @@ TOPICS = ["granite quarries in Cornwall", "basalt columns on the coast", "chalk 
 
 
 @pytest.fixture
-async def synced(make_tenant, make_source, make_deps, sync_settings, folder_root):
-    for i, topic in enumerate(TOPICS):
-        (folder_root / f"{i}.md").write_text(f"# {topic.title()}\n\nThis note is about {topic}. " * 3)
+async def synced(make_tenant, make_source, make_deps, sync_settings, tenant_dir):
     tenant = await make_tenant()
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    folder = tenant_dir(tenant.id)
+    for i, topic in enumerate(TOPICS):
+        (folder / f"{i}.md").write_text(f"# {topic.title()}\n\nThis note is about {topic}. " * 3)
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
     run = (await sync_source(make_deps(sync_settings), tenant.id, source.id)).run
     assert run.added == len(TOPICS)
     return tenant, source
@@ -141,7 +142,7 @@ async def test_sync_after_switch_uses_the_active_embedder(synced, pool, admin_ur
         new = _fake_embedder(fake)
         await backfill_collection(pool, admin_url, tenant_id=tenant.id, collection_id=source.collection_id,
                                   embedder=new, spec=spec_of(new, base_url=fake.base_url), batch_size=8)
-        (folder_root / "new.md").write_text("Obsidian is volcanic glass.")
+        (folder_root / str(tenant.id) / "new.md").write_text("Obsidian is volcanic glass.")
         settings = msgspec.structs.replace(sync_settings, openai_max_retries=0)
         run = (await sync_source(make_deps(settings), tenant.id, source.id)).run
         assert run.added == 1, run.errors

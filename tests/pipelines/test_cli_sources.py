@@ -22,7 +22,8 @@ async def test_sources_cli(admin_url, pool, make_tenant, folder_root, tmp_path):
     tenant = await make_tenant()
     async with tenant_tx(pool, tenant.id) as conn:
         await collections.create_collection(conn, tenant.id, "handbook", "")
-    (folder_root / "a.md").write_text("Pumice floats on water.")
+    (folder_root / str(tenant.id)).mkdir()
+    (folder_root / str(tenant.id) / "a.md").write_text("Pumice floats on water.")
     env = {"DATABASE_URL": admin_url, "QUARRY_CONNECTOR_FOLDER_ROOTS": str(folder_root),
            "QUARRY_DATA_DIR": str(tmp_path / "data")}
     name = tenant.tenant.name
@@ -32,7 +33,7 @@ async def test_sources_cli(admin_url, pool, make_tenant, folder_root, tmp_path):
     assert bad.returncode == 1 and "config.path" in bad.stderr and "Traceback" not in bad.stderr
 
     made = quarry("sources", "create", "--tenant", name, "--name", "docs", "--kind", "folder", "--collection",
-                  "handbook", "--config", json.dumps({"path": str(folder_root)}), "--schedule", "0 * * * *", env=env)
+                  "handbook", "--config", json.dumps({"path": "."}), "--schedule", "0 * * * *", env=env)
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["schedule"] == "0 * * * *"
 

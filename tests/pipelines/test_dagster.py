@@ -19,9 +19,10 @@ from dagster import (
 from litestar.testing import AsyncTestClient
 
 from api.app import create_app
+from core.settings import load_settings
 from pipelines.checks import CHECKS
 from pipelines.definitions import checks_job, defs
-from pipelines.resources import PostgresResource
+from pipelines.resources import PostgresResource, QuarryResource
 from pipelines.sensors import due_tick, sources_sensor
 from storage.repositories import sync_runs
 from storage.tenancy import tenant_tx
@@ -60,16 +61,17 @@ def test_definitions_load_with_lineage():
 
 
 def _evaluate(instance, admin_url):
-    context = build_sensor_context(instance=instance, resources={"postgres": PostgresResource(database_url=admin_url)})
+    context = build_sensor_context(instance=instance, resources={"postgres": PostgresResource(database_url=admin_url),
+                                                                 "quarry": QuarryResource(database_url=admin_url)})
     return sources_sensor(context)
 
 
-async def test_sensor_picks_up_api_source_and_run_now(api, make_tenant, instance, admin_url, folder_root, pool):
+async def test_sensor_picks_up_api_source_and_run_now(api, make_tenant, instance, admin_url, tenant_dir, pool):
     tenant = await make_tenant()
-    (folder_root / "guide.md").write_text("# Guide\n\nFeldspar is the most common mineral group.")
+    (tenant_dir(tenant.id) / "guide.md").write_text("# Guide\n\nFeldspar is the most common mineral group.")
     collection_id = await new_collection(api, tenant.headers)
     r = await api.post("/v1/sources", json={"name": "guide", "kind": "folder", "collection_id": collection_id,
-                                            "config": {"path": str(folder_root)}}, headers=tenant.headers)
+                                            "config": {"path": "."}}, headers=tenant.headers)
     assert r.status_code == 201, r.text
     sid = r.json()["id"]
 
@@ -86,7 +88,8 @@ async def test_sensor_picks_up_api_source_and_run_now(api, make_tenant, instance
     [request] = [q for q in result.run_requests if q.partition_key == sid]
     assert request.run_key == f"sync:{run_id}"
     assert request.tags["quarry/sync_run_id"] == run_id and request.tags["quarry/trigger"] == "api"
-    assert request.tags["quarry/tenant"] == tenant.tenant.name
+    assert request.tags["quarry/tenant"] == tenant.tenant.name and request.tags["quarry/source"] == sid
+    assert request.tags["dagster/max_runtime"] == str(int(load_settings(dotenv=None).sync_max_runtime_s) + 300)
 
     # Launch it as the daemon would: the run claims the queued row and materialises the assets.
     outcome = await materialize_source(instance, admin_url, sid, tags=dict(request.tags))
@@ -110,11 +113,12 @@ async def test_sensor_picks_up_api_source_and_run_now(api, make_tenant, instance
     assert sid in removed
 
 
-async def test_sensor_queues_due_schedule_once(api, make_tenant, instance, admin_url, folder_root, owner_pool, pool):
+async def test_sensor_queues_due_schedule_once(api, make_tenant, instance, admin_url, tenant_dir, owner_pool, pool):
     tenant = await make_tenant()
+    tenant_dir(tenant.id)
     collection_id = await new_collection(api, tenant.headers)
     r = await api.post("/v1/sources", json={"name": "hourly", "kind": "folder", "collection_id": collection_id,
-                                            "config": {"path": str(folder_root)}, "schedule": "* * * * *"},
+                                            "config": {"path": "."}, "schedule": "* * * * *"},
                        headers=tenant.headers)
     sid = r.json()["id"]
     async with owner_pool.acquire() as conn:  # as if created a few minutes ago
@@ -144,9 +148,9 @@ def test_due_tick():
     assert due_tick("0 0 * * *", now - timedelta(hours=1), now) is None
 
 
-async def test_failed_sync_fails_the_dagster_run(make_tenant, make_source, instance, admin_url, folder_root):
+async def test_failed_sync_fails_the_dagster_run(make_tenant, make_source, instance, admin_url, tenant_dir):
     tenant = await make_tenant()
-    gone = folder_root / "gone"
+    gone = tenant_dir(tenant.id) / "gone"
     gone.mkdir()
     source = await make_source(tenant.id, "folder", {"path": str(gone)})
     gone.rmdir()
@@ -161,13 +165,14 @@ def _run_checks(admin_url):
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
 
 
-async def test_asset_checks(make_tenant, make_source, make_deps, sync_settings, folder_root, admin_url, owner_pool):
+async def test_asset_checks(make_tenant, make_source, make_deps, sync_settings, tenant_dir, admin_url, owner_pool):
     from pipelines.sync import sync_source
 
     tenant = await make_tenant()
-    (folder_root / "a.md").write_text("Gneiss is banded.")
-    (folder_root / "b.md").write_text("Schist is flaky.")
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    folder = tenant_dir(tenant.id)
+    (folder / "a.md").write_text("Gneiss is banded.")
+    (folder / "b.md").write_text("Schist is flaky.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
     await sync_source(make_deps(sync_settings), tenant.id, source.id)
     ok = await asyncio.to_thread(_run_checks, admin_url)
     assert all(e.passed for e in ok.values()), {k: e.metadata for k, e in ok.items()}
@@ -185,3 +190,73 @@ async def test_asset_checks(make_tenant, make_source, make_deps, sync_settings, 
     finally:
         async with owner_pool.acquire() as conn:
             await conn.execute("DELETE FROM collections WHERE id = $1", source.collection_id)
+
+
+def test_dagster_yaml_limits_runs_per_tenant_and_source(repo_root, monkeypatch):
+    """dagster.yaml passes Dagster's instance-config validation, and its queue limits hold a
+    tenant to two runs (and a source to one) while other tenants' runs still start."""
+    from dagster import DagsterRun
+    from dagster._config import validate_config
+    from dagster._core.instance.config import dagster_instance_config
+    from dagster._core.run_coordinator import QueuedRunCoordinator
+    from dagster._utils.tags import TagConcurrencyLimitsCounter
+
+    monkeypatch.setenv("QUARRY_DAGSTER_PG_URL", "postgresql+psycopg2://u:p@127.0.0.1:1/dagster")
+    config, _ = dagster_instance_config(str(repo_root))
+    assert config["run_coordinator"]["class"] == "QueuedRunCoordinator"
+    checked = validate_config(QueuedRunCoordinator.config_type(), config["run_coordinator"]["config"])
+    assert checked.success, checked.errors
+    assert config["run_monitoring"]["enabled"] is True
+
+    def run(tenant, source):
+        return DagsterRun(job_name="source_sync_job", tags={"quarry/tenant": tenant, "quarry/source": source})
+
+    limits = TagConcurrencyLimitsCounter(checked.value["tag_concurrency_limits"], [run("a", "a1"), run("a", "a2")])
+    assert limits.is_blocked(run("a", "a3"))  # tenant a has its two runs in progress
+    assert not limits.is_blocked(run("b", "b1"))  # tenant b is not held back by a
+    limits.update_counters_with_launched_item(run("b", "b1"))
+    assert limits.is_blocked(run("b", "b1")) and not limits.is_blocked(run("b", "b2"))  # one run per source
+
+
+async def test_sensor_fails_stale_running_rows_and_frees_wedged_locks(
+    make_tenant, make_source, instance, admin_url, tenant_dir, pool, owner_pool
+):
+    from dagster import DagsterRun, DagsterRunStatus
+
+    from pipelines.sync import lock_holder_name
+    from storage.repositories import sources as source_repo
+
+    tenant = await make_tenant()
+    tenant_dir(tenant.id)
+    crashed, wedged, alive = [await make_source(tenant.id, "folder", {"path": "."}) for _ in range(3)]
+    rows = {}
+    for source, dagster_id in ((crashed, "run-that-crashed"), (wedged, "run-that-hung"), (alive, "run-still-going")):
+        async with tenant_tx(pool, tenant.id) as conn:
+            rows[source.id] = await sync_runs.claim_run(conn, tenant_id=tenant.id, source_id=source.id, run_id=None,
+                                                        trigger="api", dagster_run_id=dagster_id)
+    # The hung run's Dagster run was failed by its max runtime; its process still holds the lock.
+    instance.add_run(DagsterRun(job_name="source_sync_job", run_id="run-that-hung", status=DagsterRunStatus.FAILURE))
+    instance.add_run(DagsterRun(job_name="source_sync_job", run_id="run-still-going", status=DagsterRunStatus.STARTED))
+    holders = {}
+    for source, dagster_id in ((wedged, "run-that-hung"), (alive, "run-still-going")):
+        holder = await owner_pool.acquire()
+        await holder.execute("SELECT set_config('application_name', $1, false)", lock_holder_name(dagster_id))
+        assert await holder.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                     source_repo.lock_key(source.id))
+        holders[source.id] = holder
+    try:
+        await asyncio.to_thread(_evaluate, instance, admin_url)
+        async with tenant_tx(pool, tenant.id, readonly=True) as conn:
+            status = {s.id: await sync_runs.get_run(conn, rows[s.id].id) for s in (crashed, wedged, alive)}
+        assert status[crashed.id].status == "failed" and "no process" in status[crashed.id].errors[-1]["error"]
+        assert status[wedged.id].status == "failed" and "connection was ended" in status[wedged.id].errors[-1]["error"]
+        assert status[alive.id].status == "running"  # a live run holding its lock is left alone
+        async with owner_pool.acquire() as probe:  # the wedged run's lock is free again, the live one's is not
+            assert await probe.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                        source_repo.lock_key(wedged.id))
+            assert not await probe.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                            source_repo.lock_key(alive.id))
+            await probe.execute("SELECT pg_advisory_unlock_all()")
+    finally:
+        for holder in holders.values():
+            await owner_pool.release(holder)

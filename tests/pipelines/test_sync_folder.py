@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
+import threading
 
+import msgspec
 import pytest
 
 from pipelines.sync import SyncBusy, sync_source
@@ -24,13 +25,14 @@ async def _docs(pool, tenant_id, source_id):
     return {r["uri"]: dict(r) for r in rows}
 
 
-async def test_add_modify_delete_cycle(pool, make_tenant, make_source, make_deps, sync_settings, folder_root: Path):
+async def test_add_modify_delete_cycle(pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir):
     tenant = await make_tenant()
-    (folder_root / "a.md").write_text("# Alpha\n\nThe alpha document talks about granite quarries.")
-    (folder_root / "sub").mkdir()
-    (folder_root / "sub" / "b.txt").write_text("Basalt columns form when lava cools slowly.")
-    (folder_root / "skip.log").write_text("not included")
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root), "include": ["**/*.md", "**/*.txt"]})
+    folder = tenant_dir(tenant.id)
+    (folder / "a.md").write_text("# Alpha\n\nThe alpha document talks about granite quarries.")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "b.txt").write_text("Basalt columns form when lava cools slowly.")
+    (folder / "skip.log").write_text("not included")
+    source = await make_source(tenant.id, "folder", {"path": str(folder), "include": ["**/*.md", "**/*.txt"]})
     deps = make_deps(sync_settings)
 
     first = await sync_source(deps, tenant.id, source.id)
@@ -47,9 +49,9 @@ async def test_add_modify_delete_cycle(pool, make_tenant, make_source, make_deps
     assert second.run.chunks_written == 0
 
     # Touched but identical bytes: skipped by hash; modified: replaced; deleted: removed.
-    os.utime(folder_root / "a.md", ns=(1, 1))
-    (folder_root / "sub" / "b.txt").write_text("Basalt columns form when lava cools slowly. Now with obsidian.")
-    (folder_root / "c.md").write_text("Chalk is a soft white limestone.")
+    os.utime(folder / "a.md", ns=(1, 1))
+    (folder / "sub" / "b.txt").write_text("Basalt columns form when lava cools slowly. Now with obsidian.")
+    (folder / "c.md").write_text("Chalk is a soft white limestone.")
     third = await sync_source(deps, tenant.id, source.id)
     assert (third.run.added, third.run.updated, third.run.skipped, third.run.deleted) == (1, 1, 1, 0), third.run
     docs3 = await _docs(pool, tenant.id, source.id)
@@ -60,7 +62,7 @@ async def test_add_modify_delete_cycle(pool, make_tenant, make_source, make_deps
             "AND d.source_id = $1", source.id)]
     assert any("obsidian" in t for t in texts)
 
-    (folder_root / "a.md").unlink()
+    (folder / "a.md").unlink()
     fourth = await sync_source(deps, tenant.id, source.id)
     assert (fourth.run.deleted, fourth.run.skipped) == (1, 2)
     docs4 = await _docs(pool, tenant.id, source.id)
@@ -73,12 +75,13 @@ async def test_add_modify_delete_cycle(pool, make_tenant, make_source, make_deps
     assert all(r.duration_ms is not None and r.duration_ms >= 0 for r in runs)
 
 
-async def test_bad_file_fails_alone(pool, make_tenant, make_source, make_deps, sync_settings, folder_root):
+async def test_bad_file_fails_alone(pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir):
     tenant = await make_tenant()
-    (folder_root / "good.md").write_text("Good content about sandstone.")
-    (folder_root / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
-    (folder_root / "empty.txt").write_text("")
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    folder = tenant_dir(tenant.id)
+    (folder / "good.md").write_text("Good content about sandstone.")
+    (folder / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    (folder / "empty.txt").write_text("")
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
     report = await sync_source(make_deps(sync_settings), tenant.id, source.id)
     assert report.run.status == "succeeded"
     assert (report.run.added, report.run.failed) == (1, 2)
@@ -88,10 +91,11 @@ async def test_bad_file_fails_alone(pool, make_tenant, make_source, make_deps, s
 
 
 async def test_missing_folder_fails_run_and_deletes_nothing(
-    pool, make_tenant, make_source, make_deps, sync_settings, folder_root
+    pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir
 ):
     tenant = await make_tenant()
-    sub = folder_root / "mount"
+    folder = tenant_dir(tenant.id)
+    sub = folder / "mount"
     sub.mkdir()
     (sub / "x.md").write_text("Quartzite is metamorphosed sandstone.")
     source = await make_source(tenant.id, "folder", {"path": str(sub)})
@@ -106,10 +110,11 @@ async def test_missing_folder_fails_run_and_deletes_nothing(
     assert set(await _docs(pool, tenant.id, source.id)) == {"x.md"}
 
 
-async def test_two_runs_never_overlap(pool, make_tenant, make_source, make_deps, sync_settings, folder_root):
+async def test_two_runs_never_overlap(pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir):
     tenant = await make_tenant()
-    (folder_root / "a.md").write_text("Marble takes a polish.")
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    folder = tenant_dir(tenant.id)
+    (folder / "a.md").write_text("Marble takes a polish.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
     async with pool.acquire() as holder:  # another process's run holds the source
         key = sources.lock_key(source.id)
         assert await holder.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))", key)
@@ -127,13 +132,75 @@ async def test_two_runs_never_overlap(pool, make_tenant, make_source, make_deps,
     assert (await sync_source(make_deps(sync_settings), tenant.id, source.id)).run.added == 1
 
 
-async def test_concurrent_runs_one_wins(pool, make_tenant, make_source, make_deps, sync_settings, folder_root):
+async def test_concurrent_runs_one_wins(pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir):
     tenant = await make_tenant()
+    folder = tenant_dir(tenant.id)
     for i in range(3):
-        (folder_root / f"{i}.md").write_text(f"Document {i} about slate and shale.")
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+        (folder / f"{i}.md").write_text(f"Document {i} about slate and shale.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
     deps = make_deps(sync_settings)
     results = await asyncio.gather(*(sync_source(deps, tenant.id, source.id) for _ in range(2)),
                                    return_exceptions=True)
     assert sum(isinstance(r, SyncBusy) for r in results) == 1, results
     assert len(await _docs(pool, tenant.id, source.id)) == 3
+
+
+async def test_cross_tenant_folder_attempts_read_nothing(
+    pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir, folder_root
+):
+    victim, attacker = await make_tenant(), await make_tenant()
+    theirs = tenant_dir(victim.id)
+    (theirs / "payroll.md").write_text("Victim payroll: the CEO earns a secret amount.")
+    mine = tenant_dir(attacker.id)
+    (mine / "to-victim").symlink_to(theirs)
+    (mine / "docs").mkdir()
+    (mine / "docs" / "payroll.md").symlink_to(theirs / "payroll.md")
+    deps = make_deps(sync_settings)
+    # Stored as if validation had been bypassed: the sync validates again.
+    for path in (f"../{victim.id}", str(theirs), str(folder_root), "to-victim", str(mine / "to-victim"), "/"):
+        source = await make_source(attacker.id, "folder", {"path": path})
+        run = (await sync_source(deps, attacker.id, source.id)).run
+        assert run.status == "failed" and "inside this tenant's folder" in run.errors[0]["error"], (path, run.errors)
+    linked = await make_source(attacker.id, "folder", {"path": "docs"})
+    run = (await sync_source(deps, attacker.id, linked.id)).run
+    assert run.status == "succeeded" and run.added == 0
+    async with tenant_tx(pool, attacker.id, readonly=True) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM documents") == 0
+        assert await conn.fetchval("SELECT count(*) FROM chunks") == 0
+
+
+
+async def test_hung_run_is_stopped_at_its_max_runtime_and_frees_its_lock(
+    pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir, monkeypatch
+):
+    from rag.connectors.folder import FolderConnector
+
+    tenant = await make_tenant()
+    folder = tenant_dir(tenant.id)
+    (folder / "a.md").write_text("Andesite is a volcanic rock.")
+    (folder / "b.md").write_text("Basalt is darker.")
+    source = await make_source(tenant.id, "folder", {"path": "."})
+    release = threading.Event()
+    real_read = FolderConnector._read
+
+    def hung_read(self, folder_fd, parts):  # a read that never returns (a dead network mount)
+        if parts[-1] == "b.md":
+            release.wait()
+        return real_read(self, folder_fd, parts)
+
+    monkeypatch.setattr(FolderConnector, "_read", hung_read)
+    deps = make_deps(msgspec.structs.replace(sync_settings, sync_max_runtime_s=1.0))
+    try:
+        report = await sync_source(deps, tenant.id, source.id)
+    finally:
+        release.set()
+    run = report.run
+    assert run.status == "failed" and "QUARRY_SYNC_MAX_RUNTIME_S" in run.errors[0]["error"], run.errors
+    assert run.added <= 1 and run.deleted == 0 and run.complete is None  # a.md may or may not have made it
+    async with pool.acquire() as probe:  # the lock is free: the next run can start
+        assert await probe.fetchval("SELECT pg_try_advisory_lock(hashtextextended($1, 0))",
+                                    sources.lock_key(source.id))
+        await probe.execute("SELECT pg_advisory_unlock_all()")
+    monkeypatch.setattr(FolderConnector, "_read", real_read)
+    again = (await sync_source(make_deps(sync_settings), tenant.id, source.id)).run
+    assert again.status == "succeeded" and (again.added, again.skipped) == (2 - run.added, run.added)

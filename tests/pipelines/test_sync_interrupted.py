@@ -20,11 +20,12 @@ N = 12
 
 
 async def test_killed_sync_then_rerun(pool, owner_pool, make_tenant, make_source, make_deps, sync_settings,
-                                      folder_root, tmp_path, repo_root):
-    for i in range(N):
-        (folder_root / f"doc-{i:02}.md").write_text(f"# Doc {i}\n\nDocument number {i} describes mineral {i}.")
+                                      folder_root, tenant_dir, tmp_path, repo_root):
     tenant = await make_tenant()
-    source = await make_source(tenant.id, "folder", {"path": str(folder_root)})
+    folder = tenant_dir(tenant.id)
+    for i in range(N):
+        (folder / f"doc-{i:02}.md").write_text(f"# Doc {i}\n\nDocument number {i} describes mineral {i}.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
     hashing = HashingEmbedder()
     async with owner_pool.acquire() as conn:
         await conn.execute("UPDATE collections SET active_embedder = $2 WHERE id = $1", source.collection_id,
