@@ -58,7 +58,8 @@ async def admin_url(servers: Servers) -> str:
     await ensure_database(servers.postgres.url(), TEST_DB)
     url = with_database(servers.postgres.url(), TEST_DB)
     await migrate(url)
-    await ensure_app_role(url, "quarry_app", None)
+    # Neither embedded server trusts local connections: every URL carries its generated password.
+    await ensure_app_role(url, "quarry_app", servers.postgres.app_password)
     return url
 
 
@@ -66,6 +67,7 @@ async def admin_url(servers: Servers) -> str:
 def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return load_settings(
         environ={}, dotenv=None, database_url=admin_url, redis_url=servers.valkey.url,
+        app_db_password=servers.postgres.app_password,
         data_dir=str(tmp_path_factory.mktemp("data")), db_pool_max=10, ingest_concurrency_per_tenant=4,
         # Generous: a loaded CI machine must not trip the Redis breaker (250 ms in production).
         redis_timeout_ms=2000,
@@ -111,7 +113,7 @@ def make_tenant(pool: asyncpg.Pool, owner_pool: asyncpg.Pool) -> Callable[..., A
 
     async def factory(operator: bool = False) -> TenantHandle:
         name = f"t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
-        async with pool.acquire() as conn:
+        async with owner_pool.acquire() as conn:  # creating tenants is for the owner role only
             tenant = await tenants.create_tenant(conn, name)
         if operator:
             async with owner_pool.acquire() as conn:
