@@ -35,7 +35,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 __all__ = ["EmbeddedPostgres", "EmbeddedValkey", "PgSecrets", "die_with_parent", "free_port", "pg_secrets",
-           "pg_secrets_path"]
+           "pg_secrets_path", "write_private"]
 
 _PG_SYSTEM_USER = "embedded_postgres"
 _HBA_MARKER = "# quarry-managed: rewritten by storage/embedded.py on every start"
@@ -55,7 +55,7 @@ def _new_password() -> str:
     return secrets.token_urlsafe(32)  # URL-safe: goes into URLs and configs unquoted
 
 
-def _write_private(path: Path, text: str) -> None:
+def write_private(path: Path, text: str) -> None:
     """Write `text` to `path` readable by its owner only (never briefly world-readable)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
@@ -100,7 +100,7 @@ def _publish_private(path: Path, text: str) -> None:
     two processes starting at once agree on one complete file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    _write_private(tmp, text)
+    write_private(tmp, text)
     try:
         os.link(tmp, path)
     except FileExistsError:
@@ -300,7 +300,7 @@ class EmbeddedPostgres:
         on a command line)."""
         with tempfile.TemporaryDirectory(prefix="quarry-initdb-") as tmp:
             pwfile = Path(tmp) / "pw"
-            _write_private(pwfile, self.password + "\n")
+            write_private(pwfile, self.password + "\n")
             self._own(pwfile)
             self._own(Path(tmp))
             self._run("initdb", "-D", str(self.pgdata), "--auth=scram-sha-256", f"--pwfile={pwfile}",
@@ -314,7 +314,7 @@ class EmbeddedPostgres:
 
     def _write_hba(self) -> None:
         hba = self.pgdata / "pg_hba.conf"
-        _write_private(hba, _HBA)
+        write_private(hba, _HBA)
         self._own(hba)
 
     def _upgrade_trusting_cluster(self) -> None:
@@ -435,7 +435,7 @@ class EmbeddedValkey:
 
         self.data_dir.mkdir(parents=True, exist_ok=True)
         conf = self.data_dir / "valkey.conf"
-        _write_private(  # holds the password
+        write_private(  # holds the password
             conf,
             "\n".join([
                 "bind 127.0.0.1",
