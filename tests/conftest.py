@@ -64,7 +64,15 @@ async def admin_url(servers: Servers) -> str:
 
 
 @pytest.fixture(scope="session")
-def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    # Code that reads its settings from the environment (Dagster resources) finds the app role's
+    # password where `quarry up` puts it for its children.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("QUARRY_APP_DB_PASSWORD", servers.postgres.app_password)
+        yield _settings(admin_url, servers, tmp_path_factory)
+
+
+def _settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return load_settings(
         environ={}, dotenv=None, database_url=admin_url, redis_url=servers.valkey.url,
         app_db_password=servers.postgres.app_password,
