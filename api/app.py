@@ -137,6 +137,13 @@ def create_app(settings: Settings) -> Litestar:
             statement_timeout_ms=settings.db_statement_timeout_ms,
             acquire_timeout_s=settings.db_acquire_timeout_s, pgbouncer=settings.db_pgbouncer,
         )
+        # The operator endpoints (tenants, plans) write platform tables the app role may not
+        # (storage/migrate.py): a small owner-role pool of their own, never used for tenant work.
+        assert settings.database_url is not None  # app_database_url checked it
+        app.state.operator_pool = await create_pool(
+            settings.database_url, min_size=0, max_size=2, statement_timeout_ms=settings.db_statement_timeout_ms,
+            acquire_timeout_s=settings.db_acquire_timeout_s, pgbouncer=settings.db_pgbouncer, metrics_name="operator",
+        )
         # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs. Built without a ping,
         # so the API starts while Redis is down (and /readyz says so).
         app.state.redis = TracingArqRedis.from_url(  # an ArqRedis that passes the trace to jobs
@@ -172,6 +179,7 @@ def create_app(settings: Settings) -> Litestar:
             await app.state.embedder.aclose()
             await app.state.redis.aclose()
             await app.state.pool.close()
+            await app.state.operator_pool.close()
 
     tracing = setup_telemetry(settings, "api")
     app = Litestar(

@@ -16,7 +16,8 @@ from storage.replicas import ReplicaSet
 
 __all__ = ["DbPool", "ReadPool", "RedisClient", "dependencies"]
 
-# Handler parameter types: the parameter name selects the dependency of the same name.
+# Handler parameter types: the parameter name selects the dependency of the same name
+# (`pool`: the app role's; `operator_pool`: the owner role's, for operator endpoints only).
 DbPool = NamedDependency[asyncpg.Pool]
 # `read_pool: ReadPool`: where searches and listings read - a read replica when one is healthy
 # and has replayed the caller's tenant's last write, else the primary (storage.replicas). Any:
@@ -28,6 +29,12 @@ AppSettings = NamedDependency[Settings]
 
 def _pool(state: State) -> asyncpg.Pool:
     return state.pool
+
+
+def _operator_pool(state: State) -> asyncpg.Pool:
+    """The owner role's pool, for the operator endpoints only (tenants, plans): the app role
+    cannot write platform tables (storage/migrate.py)."""
+    return state.operator_pool
 
 
 async def _read_pool(state: State, scope: Scope) -> Any:
@@ -48,6 +55,7 @@ def _settings(state: State) -> Settings:
 
 dependencies: dict[str, Any] = {
     "pool": Provide(_pool, sync_to_thread=False),
+    "operator_pool": Provide(_operator_pool, sync_to_thread=False),
     "read_pool": Provide(_read_pool),
     "redis": Provide(_redis, sync_to_thread=False),
     "settings": Provide(_settings, sync_to_thread=False),

@@ -2,7 +2,8 @@
 
 `database_admin_url` yields the owner/migration URL: DATABASE_URL if set, else the embedded
 server of a running `quarry up` (found through `.data/run/endpoints.json`), else an embedded
-server started just for this command and stopped afterwards.
+server started just for this command and stopped afterwards. The embedded server requires
+passwords (storage/embedded.py); `with_embedded_secrets` gives the settings the app role's.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import msgspec
+
 from core.settings import Settings
-from storage.embedded import EmbeddedPostgres
+from storage.embedded import EmbeddedPostgres, pg_secrets
 from storage.migrate import ensure_app_role, ensure_database, migrate
 from storage.urls import with_database
 
@@ -27,10 +30,25 @@ __all__ = [
     "endpoints_file",
     "prepare_database",
     "read_endpoints",
+    "with_embedded_secrets",
 ]
 
 DAGSTER_DB = "dagster"
 APP_DB = "quarry"  # the platform's database on an embedded server
+
+
+def embedded_pgdata(settings: Settings) -> Path:
+    return settings.data_path / "postgres"
+
+
+def with_embedded_secrets(settings: Settings) -> Settings:
+    """With the embedded Postgres (no DATABASE_URL), the app role's password defaults to the
+    one generated for that server (QUARRY_APP_DB_PASSWORD still wins)."""
+    if settings.database_url is not None or settings.app_db_password is not None:
+        return settings
+    secrets = pg_secrets(embedded_pgdata(settings))
+    assert secrets is not None
+    return msgspec.structs.replace(settings, app_db_password=secrets.app)
 
 
 def endpoints_file(settings: Settings) -> Path:
@@ -57,7 +75,7 @@ def database_admin_url(settings: Settings) -> Iterator[str]:
     if running:
         yield running["database_url"]
         return
-    pg = EmbeddedPostgres(settings.data_path / "postgres")
+    pg = EmbeddedPostgres(embedded_pgdata(settings))
     pg.start()
     try:
         yield asyncio.run(embedded_database(pg))

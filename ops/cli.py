@@ -163,6 +163,10 @@ def main(argv: list[str] | None = None) -> int:
     except SettingsError as exc:
         print(f"quarry: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command != "perf":
+        from ops.bootstrap import with_embedded_secrets
+
+        settings = with_embedded_secrets(settings)  # the embedded server's generated app password
     try:
         return _COMMANDS[args.command](settings, args)
     except QuarryError as exc:

@@ -110,8 +110,11 @@ async def run(settings: Settings, admin_url: str, args: argparse.Namespace) -> i
     pool = await create_pool(with_credentials(admin_url, settings.app_db_user, settings.app_db_password),
                              min_size=1, max_size=3)
     try:
-        async with pool.acquire() as conn:
-            tenant_id = await _tenant_id(conn, args.tenant)
+        owner = await asyncpg.connect(admin_url)  # tenants by name: an owner-only lookup
+        try:
+            tenant_id = await _tenant_id(owner, args.tenant)
+        finally:
+            await owner.close()
         if args.command == "backfill":
             return await _backfill(settings, admin_url, pool, tenant_id, args)
         return await _sources(settings, pool, tenant_id, args)

@@ -25,9 +25,17 @@ from pathlib import Path
 
 from api.serving import backpressure
 from core.settings import Settings, env_name
-from ops.bootstrap import dagster_url, embedded_database, endpoints_file, prepare_database
+from ops.bootstrap import (
+    dagster_url,
+    embedded_database,
+    embedded_pgdata,
+    endpoints_file,
+    prepare_database,
+    with_embedded_secrets,
+)
 from ops.tenants import DEMO_TENANT, ensure_demo_tenant
-from storage.embedded import EmbeddedPostgres, EmbeddedValkey, die_with_parent, free_port
+from storage.embedded import EmbeddedPostgres, EmbeddedValkey, die_with_parent, free_port, write_private
+from storage.urls import redact
 
 __all__ = ["Supervisor"]
 
@@ -47,7 +55,7 @@ class Child:
 
 class Supervisor:
     def __init__(self, settings: Settings) -> None:
-        self.settings = settings
+        self.settings = with_embedded_secrets(settings)  # the embedded server's app password
         self.data = settings.data_path
         self.stopping = threading.Event()
         self.children: list[Child] = []
@@ -83,7 +91,7 @@ class Supervisor:
         (self.data / "logs").mkdir(exist_ok=True)
         database_url = s.database_url
         if database_url is None:
-            self.postgres = EmbeddedPostgres(self.data / "postgres", port=54329)
+            self.postgres = EmbeddedPostgres(embedded_pgdata(s), port=54329)
             self.postgres.start()
             database_url = asyncio.run(embedded_database(self.postgres))
             self._say(f"embedded Postgres + pgvector on 127.0.0.1:{self.postgres.port} "
@@ -93,7 +101,7 @@ class Supervisor:
             self.valkey = EmbeddedValkey(self.data / "valkey", port=63799)
             self.valkey.start()
             redis_url = self.valkey.url
-            self._say(f"embedded Valkey on {redis_url} (append-only persistence on)")
+            self._say(f"embedded Valkey on {redact(redis_url)} (password required, append-only persistence on)")
 
         applied = asyncio.run(prepare_database(s, database_url))
         self._say(f"migrations: {', '.join(applied) if applied else 'up to date'}")
@@ -114,6 +122,8 @@ class Supervisor:
             env_name("redis_url"): redis_url,
             env_name("data_dir"): str(self.data),
             "QUARRY_DAGSTER_PG_URL": dagster_url(database_url),
+            # Empty when unset: the children then derive the app role's URL without a password.
+            env_name("app_db_password"): s.app_db_password or "",
             "DAGSTER_HOME": str(dagster_home),
             "PYTHONUNBUFFERED": "1",
             # Prometheus multi-process mode: every API and arq worker writes its metrics here and
@@ -133,11 +143,11 @@ class Supervisor:
     def _write_endpoints(self, database_url: str, redis_url: str) -> None:
         path = endpoints_file(self.settings)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({
+        # 0600 from the start: the URLs carry the servers' passwords.
+        write_private(path, json.dumps({
             "pid": os.getpid(), "database_url": database_url, "redis_url": redis_url,
-            "api_url": self.api_url,
+            "app_db_password": self.settings.app_db_password, "api_url": self.api_url,
         }))
-        path.chmod(0o600)
 
     # --- application processes -------------------------------------------------------
     @property

@@ -99,7 +99,7 @@ async def running_servers(data_dir: Path, **settings: Any) -> AsyncIterator[Serv
         try:
             admin_url = await embedded_database(pg)
             config = load_settings(environ={}, dotenv=None, database_url=admin_url, redis_url=valkey.url,
-                                   data_dir=str(data_dir), **settings)
+                                   app_db_password=pg.app_password, data_dir=str(data_dir), **settings)
             await prepare_database(config, admin_url)
             yield Servers(pg, valkey, admin_url, config)
         finally:

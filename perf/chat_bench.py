@@ -308,8 +308,8 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 120) ->
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-async def _database(admin_url: str) -> tuple[str, str]:
-    """Migrate, create the app role, a tenant and its admin key; returns (app URL, key)."""
+async def _database(admin_url: str, app_password: str) -> tuple[str, str]:
+    """Migrate, create the app role, a tenant and its admin key; returns (owner URL, key)."""
     from storage.db import create_pool
     from storage.migrate import ensure_app_role, ensure_database, migrate
     from storage.repositories import api_keys, tenants
@@ -319,14 +319,16 @@ async def _database(admin_url: str) -> tuple[str, str]:
     await ensure_database(admin_url, "quarry_bench")
     url = with_database(admin_url, "quarry_bench")
     await migrate(url)
-    await ensure_app_role(url, "quarry_app", None)
-    pool = await create_pool(with_credentials(url, "quarry_app", None), min_size=1, max_size=2)
+    await ensure_app_role(url, "quarry_app", app_password)
+    pool = await create_pool(with_credentials(url, "quarry_app", app_password), min_size=1, max_size=2)
+    owner = await create_pool(url, min_size=1, max_size=1)  # creating tenants is for the owner role
     try:
-        async with pool.acquire() as conn:
+        async with owner.acquire() as conn:
             tenant = await tenants.create_tenant(conn, f"bench-{uuid.uuid4().hex[:8]}")
         async with tenant_tx(pool, tenant.id) as conn:
             key, _ = await api_keys.create_key(conn, tenant.id, "admin")
     finally:
+        await owner.close()
         await pool.close()
     return url, key
 
@@ -480,7 +482,7 @@ def main() -> None:
         stack.callback(pg.stop)
         valkey.start()
         stack.callback(valkey.stop)
-        admin_url, key = asyncio.run(_database(pg.url()))
+        admin_url, key = asyncio.run(_database(pg.url(), pg.app_password))
 
         sim_port, api_port = free_port(), free_port()
         sim_url = f"http://127.0.0.1:{sim_port}/v1"
@@ -489,6 +491,7 @@ def main() -> None:
                       *(["--tool-first"] if args.scenario == "search" else [])], dict(os.environ), tmp / "sim.log")
         stack.callback(_stop, sim)
         env = {**os.environ, "DATABASE_URL": admin_url, "REDIS_URL": valkey.url, "QUARRY_DATA_DIR": str(tmp / "data"),
+               "QUARRY_APP_DB_PASSWORD": pg.app_password,
                "QUARRY_LLM_PROVIDER": "openai", "QUARRY_LLM_BASE_URL": sim_url, "QUARRY_LLM_MODEL": "sim-llm",
                "QUARRY_CHAT_MAX_STREAMS_PER_TENANT": "100000", "QUARRY_DB_POOL_MAX": str(args.pool_max),
                "QUARRY_LOG_LEVEL": "warning",

@@ -39,6 +39,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import psutil
 from arq.connections import RedisSettings
 from arq.worker import Worker
@@ -308,8 +309,11 @@ async def run(args: argparse.Namespace, data_dir: Path) -> dict[str, Any]:
             pg = ServerCpu(servers.postgres.proc.pid if servers.postgres.proc else None)
             await embedder.embed(texts[: embedder.batch_size])  # warm the session at full batch size
 
-            async with ctx["pool"].acquire() as conn:  # tenant creation is a SECURITY DEFINER function
-                tenant = await tenants.create_tenant(conn, f"ingest-bench-{uuid.uuid4().hex[:8]}")
+            owner = await asyncpg.connect(servers.admin_url)  # tenants are created by the owner role only
+            try:
+                tenant = await tenants.create_tenant(owner, f"ingest-bench-{uuid.uuid4().hex[:8]}")
+            finally:
+                await owner.close()
             async with tenant_tx(ctx["pool"], tenant.id) as conn:
                 key, _ = await api_keys.create_key(conn, tenant.id, "admin", name="ingest-bench")
             headers = {"Authorization": f"Bearer {key}"}

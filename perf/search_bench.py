@@ -77,9 +77,12 @@ _VECTOR_LITERAL = re.compile(r"'\[[-0-9.e,]+\]'")
 # --- build ---------------------------------------------------------------------------------------
 
 
-async def ensure_tenant(pool: asyncpg.Pool, name: str) -> UUID:
-    async with pool.acquire() as conn:
+async def ensure_tenant(admin_url: str, name: str) -> UUID:
+    conn = await asyncpg.connect(admin_url)  # tenants are created by the owner role only
+    try:
         tenant = await tenants.get_tenant_by_name(conn, name) or await tenants.create_tenant(conn, name)
+    finally:
+        await conn.close()
     return tenant.id
 
 
@@ -193,8 +196,8 @@ class Builder:
 
 async def build_corpus(servers: Any, pool: asyncpg.Pool, embedder: MiniLMEmbedder,
                        args: argparse.Namespace) -> dict[str, Any]:
-    tenant_a = await ensure_tenant(pool, TENANT_A)
-    tenant_b = await ensure_tenant(pool, TENANT_B)
+    tenant_a = await ensure_tenant(servers.admin_url, TENANT_A)
+    tenant_b = await ensure_tenant(servers.admin_url, TENANT_B)
     colls_a = await ensure_collections(pool, tenant_a, (REAL_COLLECTION, *SYNTHETIC_COLLECTIONS))
     colls_b = await ensure_collections(pool, tenant_b, (OTHER_COLLECTION,))
     builder = Builder(pool, embedder, HFTokenizer.from_file(tokenizer_path()), args)

@@ -73,8 +73,9 @@ async def prepare(pg: EmbeddedPostgres, valkey: EmbeddedValkey, docs: int) -> tu
     await ensure_database(pg.url(), "quarry")
     url = with_database(pg.url(), "quarry")
     await migrate(url)
-    await ensure_app_role(url, "quarry_app", None)
+    await ensure_app_role(url, "quarry_app", pg.app_password)
     settings = load_settings(environ={}, dotenv=None, database_url=url, redis_url=valkey.url,
+                             app_db_password=pg.app_password,
                              data_dir=str(pg.pgdata.parent / "data"), rate_limit_enabled=False)
     from litestar.testing import AsyncTestClient
 
@@ -84,8 +85,10 @@ async def prepare(pg: EmbeddedPostgres, valkey: EmbeddedValkey, docs: int) -> tu
     from storage.tenancy import tenant_tx
 
     pool = await create_pool(app_database_url(settings))
-    async with pool.acquire() as conn:
+    owner = await create_pool(url, min_size=1, max_size=1)  # creating tenants is for the owner role
+    async with owner.acquire() as conn:
         tenant = await tenants.create_tenant(conn, "bench")
+    await owner.close()
     async with tenant_tx(pool, tenant.id) as conn:
         key, _ = await api_keys.create_key(conn, tenant.id, "admin")
     await pool.close()
@@ -225,6 +228,7 @@ async def main() -> None:
         url, key = await prepare(pg, valkey, args.docs)
         headers = {"Authorization": f"Bearer {key}"}
         common = {"DATABASE_URL": url, "REDIS_URL": valkey.url, "QUARRY_DATA_DIR": str(root / "data"),
+                  "QUARRY_APP_DB_PASSWORD": pg.app_password,
                   "QUARRY_LOG_LEVEL": "warning"}
         configs = {
             "ceiling": ({}, 2, "perf.ceiling:app_factory", "/healthz"),

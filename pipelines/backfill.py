@@ -49,12 +49,17 @@ async def backfill_collection(
     pool: asyncpg.Pool, owner_url: str, *, tenant_id: UUID, collection_id: UUID, embedder: Embedder,
     spec: EmbedderSpec, batch_size: int = 64, switch: bool = True, dagster_run_id: str | None = None,
 ) -> BackfillReport:
-    """`pool` is the application role's (RLS); `owner_url` builds the index (DDL)."""
+    """`pool` is the application role's (RLS); `owner_url` registers the embedder and builds
+    its index (DDL)."""
     if spec.name != embedder.name or spec.dim != embedder.dim:
         raise BackfillError(f"spec {spec.name}/{spec.dim} does not describe embedder {embedder.name}/{embedder.dim}")
     started = time.perf_counter()
+    owner = await asyncpg.connect(owner_url)  # embedders are platform data: the app role only reads them
+    try:
+        await repo.register_spec(owner, spec)
+    finally:
+        await owner.close()
     async with tenant_tx(pool, tenant_id) as conn:
-        await repo.register_spec(conn, spec)
         backfill = await repo.start_backfill(conn, tenant_id=tenant_id, collection_id=collection_id,
                                              embedder=spec.name, dagster_run_id=dagster_run_id)
     embedded, passes, switched, index = 0, 0, False, ""

@@ -4,7 +4,9 @@ Files `storage/migrations/NNNN_name.sql` run in order, each in its own transacti
 recorded in `schema_migrations` with the sha256 of their text. Editing a migration that was
 already applied is an error (write a new one instead). After migrating, the application
 role is created or updated: a LOGIN role that is neither superuser nor BYPASSRLS, so
-row-level security always applies to the API, workers and pipelines.
+row-level security always applies to the API, workers and pipelines. It writes only tenant
+data (tables under RLS) and calls only the SECURITY DEFINER functions listed in
+`APP_DEFINER_FUNCTIONS` (see 0012_least_privilege.sql).
 """
 
 from __future__ import annotations
@@ -17,8 +19,8 @@ from pathlib import Path
 
 import asyncpg
 
-__all__ = ["Migration", "MigrationError", "ensure_app_role", "ensure_database", "load_migrations",
-           "migrate"]
+__all__ = ["APP_DEFINER_FUNCTIONS", "Migration", "MigrationError", "ensure_app_role", "ensure_database",
+           "load_migrations", "migrate"]
 
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _LOCK_KEY = 0x5175_6172_7279  # "Quarry": serialises concurrent `quarry migrate` runs
@@ -103,17 +105,55 @@ async def ensure_app_role(admin_url: str, role: str, password: str | None) -> No
         await _ensure_role(conn, role, password)
         database = await conn.fetchval("SELECT current_database()")
         await conn.execute(f"GRANT CONNECT ON DATABASE {_quote_ident(database)} TO {ident}")
-        await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
-        await conn.execute(f"GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public TO {ident}")
-        await conn.execute(f"REVOKE ALL ON schema_migrations FROM {ident}")
-        # Tenants (and operator status) are created through SECURITY DEFINER functions or
-        # changed by ops with the owner role: RLS alone would let a tenant edit its own row.
-        await conn.execute(f"REVOKE INSERT, UPDATE, DELETE ON tenants FROM {ident}")
-        await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {ident}")
-        await conn.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {ident}")
+        async with conn.transaction():  # a running API never sees its grants half reset
+            await conn.execute(f"GRANT USAGE ON SCHEMA public TO {ident}")
+            await _grant_least_privilege(conn, ident)
         await conn.execute("SELECT pg_advisory_unlock($1)", _LOCK_KEY)
     finally:
         await conn.close()
+
+
+# Tables without row-level security are platform data: the app role reads them (plans,
+# embedders) but never writes them. Tenant rows are RLS-guarded, yet `tenants` is platform
+# data too: RLS alone would let a tenant edit its own row (plan, operator status).
+_READ_ONLY_TABLES = ("tenants",)
+_NO_ACCESS_TABLES = ("schema_migrations",)
+# The SECURITY DEFINER functions the app role may call: what must happen before a tenant is
+# known. Every other one (creating or listing tenants, changing a tenant's plan) is for the
+# owner role only; a new one the app needs must be added here, deliberately.
+APP_DEFINER_FUNCTIONS = (
+    "quarry_auth_principal(bytea)",
+    "quarry_auth_lookup(bytea)",
+    "quarry_tenant_limits(uuid)",
+)
+
+
+async def _grant_least_privilege(conn: asyncpg.Connection, ident: str) -> None:
+    """Reset the app role's table and function privileges to exactly what it needs, so the
+    grants of an older version (DML and EXECUTE on everything) do not linger."""
+    await conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {ident}")
+    await conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA public TO {ident}")
+    tenant_tables = await conn.fetch(
+        """SELECT c.oid::regclass::text AS name FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+           WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relrowsecurity
+             AND c.relname <> ALL($1::text[])""",
+        list(_READ_ONLY_TABLES + _NO_ACCESS_TABLES),
+    )
+    for row in tenant_tables:
+        await conn.execute(f"GRANT INSERT, UPDATE, DELETE ON {row['name']} TO {ident}")
+    for table in _NO_ACCESS_TABLES:
+        await conn.execute(f"REVOKE ALL ON {_quote_ident(table)} FROM {ident}")
+    await conn.execute(f"GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {ident}")
+    # SECURITY INVOKER functions cannot do more than their caller: all of them (pgvector's,
+    # the RLS helper, search helpers). SECURITY DEFINER ones: only the allowed few.
+    await conn.execute(f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA public TO {ident}")
+    definers = await conn.fetch(
+        """SELECT p.oid::regprocedure::text AS signature FROM pg_proc p
+           JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND p.prosecdef"""
+    )
+    for row in definers:
+        if row["signature"] not in APP_DEFINER_FUNCTIONS:
+            await conn.execute(f"REVOKE EXECUTE ON FUNCTION {row['signature']} FROM {ident}")
 
 
 async def _ensure_role(conn: asyncpg.Connection, role: str, password: str | None) -> None:

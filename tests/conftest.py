@@ -58,14 +58,24 @@ async def admin_url(servers: Servers) -> str:
     await ensure_database(servers.postgres.url(), TEST_DB)
     url = with_database(servers.postgres.url(), TEST_DB)
     await migrate(url)
-    await ensure_app_role(url, "quarry_app", None)
+    # Neither embedded server trusts local connections: every URL carries its generated password.
+    await ensure_app_role(url, "quarry_app", servers.postgres.app_password)
     return url
 
 
 @pytest.fixture(scope="session")
-def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
+def settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    # Code that reads its settings from the environment (Dagster resources) finds the app role's
+    # password where `quarry up` puts it for its children.
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("QUARRY_APP_DB_PASSWORD", servers.postgres.app_password)
+        yield _settings(admin_url, servers, tmp_path_factory)
+
+
+def _settings(admin_url: str, servers: Servers, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     return load_settings(
         environ={}, dotenv=None, database_url=admin_url, redis_url=servers.valkey.url,
+        app_db_password=servers.postgres.app_password,
         data_dir=str(tmp_path_factory.mktemp("data")), db_pool_max=10, ingest_concurrency_per_tenant=4,
         # Generous: a loaded CI machine must not trip the Redis breaker (250 ms in production).
         redis_timeout_ms=2000,
@@ -111,7 +121,7 @@ def make_tenant(pool: asyncpg.Pool, owner_pool: asyncpg.Pool) -> Callable[..., A
 
     async def factory(operator: bool = False) -> TenantHandle:
         name = f"t{os.getpid()}-{next(_counter)}-{uuid.uuid4().hex[:6]}"
-        async with pool.acquire() as conn:
+        async with owner_pool.acquire() as conn:  # creating tenants is for the owner role only
             tenant = await tenants.create_tenant(conn, name)
         if operator:
             async with owner_pool.acquire() as conn:

@@ -35,20 +35,22 @@ AnyRequest = Request[Principal, UUID, State]
 
 
 class TenantAdminController(Controller):
+    """Platform administration, on the owner role's pool: the app role cannot create tenants."""
+
     tags = ["admin"]
     guards = [require_operator]
 
     @post(paths.ADMIN_TENANTS, operation_id="createTenant")
-    async def create_tenant(self, data: JSONBody[CreateTenant], pool: DbPool) -> NewTenant:
+    async def create_tenant(self, data: JSONBody[CreateTenant], operator_pool: DbPool) -> NewTenant:
         """Create a tenant and its first admin key (shown once)."""
-        async with pool.acquire() as conn, conn.transaction():  # one transaction: never a keyless tenant
+        async with operator_pool.acquire() as conn, conn.transaction():  # one transaction: never a keyless tenant
             tenant = await tenants.create_tenant(conn, data.name, data.plan)
             await enter_tenant(conn, tenant.id)
             key, record = await api_keys.create_key(conn, tenant.id, "admin", name="initial admin")
         return NewTenant(tenant=tenant, admin_key=NewKey(key=key, api_key=record))
 
     @get(paths.ADMIN_TENANTS, operation_id="listTenants")
-    async def list_tenants(self, pool: DbPool, limit: Limit = 50, cursor: Cursor = None) -> TenantPage:
+    async def list_tenants(self, operator_pool: DbPool, limit: Limit = 50, cursor: Cursor = None) -> TenantPage:
         """List tenants by name (keyset pagination)."""
         after = None
         if cursor:
@@ -56,7 +58,7 @@ class TenantAdminController(Controller):
             if len(values) != 1 or not isinstance(values[0], str):
                 raise BadRequest("invalid cursor")
             after = values[0]
-        async with pool.acquire() as conn:
+        async with operator_pool.acquire() as conn:
             items = await tenants.list_tenants(conn, after, limit + 1)
         more = len(items) > limit
         items = items[:limit]

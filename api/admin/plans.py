@@ -7,6 +7,7 @@ the principal-cache local TTL (they are invalidated through Redis pub/sub at onc
 
 The same tenant endpoint sets the tenant's storage quota (documents and bytes: settings defaults
 ← the tenant's `quota`) and shows its usage; a quota change applies to the next upload.
+Writes go through the owner role's `operator_pool`: the app role cannot change plans or tenants.
 """
 
 from __future__ import annotations
@@ -112,31 +113,32 @@ class PlanAdminController(Controller):
 
     @put(ADMIN_PLAN, operation_id="putPlan")
     async def put_plan(self, plan_name: FromPath[str], data: JSONBody[PutPlan], request: AnyRequest,
-                       pool: DbPool) -> Plan:
+                       operator_pool: DbPool) -> Plan:
         """Create or replace a plan's limits; tenants on it get them within seconds."""
         _check_name(plan_name)
-        async with pool.acquire() as conn:
+        async with operator_pool.acquire() as conn:
             plan = await plans.put_plan(conn, plan_name, msgspec.to_builtins(data.limits))
         await _policy(request).plan_changed(plan_name)
         return plan
 
     @delete(ADMIN_PLAN, operation_id="deletePlan")
-    async def delete_plan(self, plan_name: FromPath[str], request: AnyRequest, pool: DbPool) -> None:
+    async def delete_plan(self, plan_name: FromPath[str], request: AnyRequest, operator_pool: DbPool) -> None:
         """Delete a plan; tenants still naming it fall back to the settings' defaults."""
-        async with pool.acquire() as conn:
+        async with operator_pool.acquire() as conn:
             await plans.delete_plan(conn, plan_name)
         await _policy(request).plan_changed(plan_name)
 
     @get(ADMIN_TENANT_LIMITS, operation_id="getTenantLimits")
-    async def get_limits(self, tenant_name: FromPath[str], request: AnyRequest, pool: DbPool) -> TenantLimits:
+    async def get_limits(self, tenant_name: FromPath[str], request: AnyRequest,
+                         operator_pool: DbPool) -> TenantLimits:
         """A tenant's plan, overrides and the limits in effect."""
-        return await _describe(request, pool, tenant_name)
+        return await _describe(request, operator_pool, tenant_name)
 
     @put(ADMIN_TENANT_LIMITS, operation_id="putTenantLimits")
     async def put_limits(self, tenant_name: FromPath[str], data: JSONBody[PutTenantLimits], request: AnyRequest,
-                         pool: DbPool) -> TenantLimits:
+                         operator_pool: DbPool) -> TenantLimits:
         """Set a tenant's plan and/or its own overrides."""
-        async with pool.acquire() as conn, conn.transaction():
+        async with operator_pool.acquire() as conn, conn.transaction():
             if data.plan is not None and data.plan != "default" and await plans.get_plan(conn, data.plan) is None:
                 raise Unprocessable(f"no plan named {data.plan!r}; create it with PUT {ADMIN_PLANS}/{data.plan}")
             limits = msgspec.to_builtins(data.limits) if data.limits is not None else None
@@ -144,7 +146,7 @@ class PlanAdminController(Controller):
             if data.quota is not None:
                 await quotas.set_tenant_quota(conn, tenant_name, msgspec.to_builtins(data.quota))
         await _policy(request).tenant_changed(tenant.id)
-        return await _describe(request, pool, tenant_name)
+        return await _describe(request, operator_pool, tenant_name)
 
 
 def _check_name(name: str) -> None:

@@ -148,7 +148,8 @@ class Platform:
     def child_env(self, **overrides: str) -> dict[str, str]:
         """The environment the supervisor gives its API workers, plus `overrides`."""
         env = dict(self.env)
-        env.update({"DATABASE_URL": self.endpoints["database_url"], "REDIS_URL": self.endpoints["redis_url"]})
+        env.update({"DATABASE_URL": self.endpoints["database_url"], "REDIS_URL": self.endpoints["redis_url"],
+                    "QUARRY_APP_DB_PASSWORD": self.endpoints.get("app_db_password") or ""})
         env.update(overrides)
         return env
 

@@ -180,7 +180,8 @@ def copy_database(source: Path, dest: Path) -> float:
         raise SystemExit(f"quarry perf: {dest / 'postgres'} exists already; not overwriting it")
     started = time.monotonic()
     dest.mkdir(parents=True, exist_ok=True)
-    for name in ("postgres", "uploads"):
+    # postgres.secrets.json: the copied cluster's passwords (storage/embedded.py)
+    for name in ("postgres", "postgres.secrets.json", "uploads"):
         if (source / name).exists():
             # cp -a keeps owners and modes (the embedded server runs as its own OS user when we are root)
             subprocess.run(["cp", "-a", str(source / name), str(dest / name)], check=True)

@@ -32,6 +32,7 @@ def test_metrics_aggregate_every_granian_worker(settings, tmp_path):
     metrics_dir.mkdir()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}
     env.update({"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+                "QUARRY_APP_DB_PASSWORD": settings.app_db_password or "",
                 "QUARRY_DATA_DIR": settings.data_dir, "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
                 "QUARRY_API_WORKERS": "2", "QUARRY_LOG_LEVEL": "warning"})
     log = tmp_path / "granian.log"

@@ -66,8 +66,8 @@ class Corpus:
 
 
 @pytest.fixture(scope="module")
-async def corpus(settings, pool, worker_ctx) -> AsyncIterator[Corpus]:
-    async with pool.acquire() as conn:
+async def corpus(settings, pool, owner_pool, worker_ctx) -> AsyncIterator[Corpus]:
+    async with owner_pool.acquire() as conn:
         tenant = await tenants.create_tenant(conn, f"search-{uuid.uuid4().hex[:8]}")
     async with tenant_tx(pool, tenant.id) as conn:
         key, _ = await api_keys.create_key(conn, tenant.id, "admin")

@@ -50,6 +50,7 @@ def _spawn(settings, llm_base_url: str, tmp_path: Path) -> Server:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}
     env.update({"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
+                "QUARRY_APP_DB_PASSWORD": settings.app_db_password or "",
                 "QUARRY_DATA_DIR": settings.data_dir, "QUARRY_LOG_LEVEL": "info",
                 "QUARRY_LLM_PROVIDER": "openai", "QUARRY_LLM_BASE_URL": llm_base_url, "QUARRY_LLM_MODEL": "sim-llm",
                 "QUARRY_LLM_READ_TIMEOUT_S": "60", "QUARRY_RATE_LIMIT_ENABLED": "false"})

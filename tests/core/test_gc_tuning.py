@@ -20,7 +20,7 @@ print(json.dumps({"frozen": gc.get_freeze_count(), "walked": len(gc.get_objects(
 
 def test_app_factory_freezes_the_startup_heap(settings) -> None:
     env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url, "QUARRY_DATA_DIR": settings.data_dir,
-           "PATH": "/usr/bin:/bin"}
+           "QUARRY_APP_DB_PASSWORD": settings.app_db_password or "", "PATH": "/usr/bin:/bin"}
     out = subprocess.run([sys.executable, "-c", _PROBE], cwd=REPO, env=env, capture_output=True, text=True,
                          timeout=120, check=True).stdout
     probe = json.loads(out.strip().splitlines()[-1])

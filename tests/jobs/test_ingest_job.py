@@ -378,7 +378,7 @@ async def test_worker_killed_inside_the_write_transaction(
     log = tmp_path / "worker.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith("QUARRY_")}
     env.update(DATABASE_URL=settings.database_url, REDIS_URL=settings.redis_url, QUARRY_DATA_DIR=settings.data_dir,
-               PYTHONPATH=str(repo_root))
+               QUARRY_APP_DB_PASSWORD=settings.app_db_password or "", PYTHONPATH=str(repo_root))
     with log.open("wb") as out:
         worker = await asyncio.create_subprocess_exec(sys.executable, "-m", "ops.cli", "worker", env=env,
                                                       cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)

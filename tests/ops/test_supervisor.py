@@ -6,6 +6,7 @@ one that starts its own servers: that is what it checks.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -111,6 +112,11 @@ def test_up_starts_everything_and_sigterm_leaves_nothing(tmp_path):
     assert "tenant 'demo' exists" in second
     assert re.findall(r"^\s+qk_\S+$", second, re.M) == []
     assert "migrations: up to date" in second
+    # The embedded servers' generated passwords are never printed (URLs are shown masked).
+    secrets = [*json.loads((tmp_path / "data" / "postgres.secrets.json").read_text()).values(),
+               (data / "valkey" / "password").read_text().strip()]
+    assert all(len(secret) >= 32 and secret not in first + second for secret in secrets)
+    assert "embedded Valkey on redis://:***@127.0.0.1:" in first
 
 
 def test_supervisor_killed_with_sigkill_takes_its_children_along(tmp_path):

@@ -18,14 +18,14 @@ def quarry(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
                           timeout=180)
 
 
-async def test_sources_cli(admin_url, pool, make_tenant, folder_root, tmp_path):
+async def test_sources_cli(admin_url, settings, pool, make_tenant, folder_root, tmp_path):
     tenant = await make_tenant()
     async with tenant_tx(pool, tenant.id) as conn:
         await collections.create_collection(conn, tenant.id, "handbook", "")
     (folder_root / str(tenant.id)).mkdir()
     (folder_root / str(tenant.id) / "a.md").write_text("Pumice floats on water.")
-    env = {"DATABASE_URL": admin_url, "QUARRY_CONNECTOR_FOLDER_ROOTS": str(folder_root),
-           "QUARRY_DATA_DIR": str(tmp_path / "data")}
+    env = {"DATABASE_URL": admin_url, "QUARRY_APP_DB_PASSWORD": settings.app_db_password,
+           "QUARRY_CONNECTOR_FOLDER_ROOTS": str(folder_root), "QUARRY_DATA_DIR": str(tmp_path / "data")}
     name = tenant.tenant.name
 
     bad = quarry("sources", "create", "--tenant", name, "--name", "docs", "--kind", "folder", "--collection",

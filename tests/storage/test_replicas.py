@@ -11,6 +11,7 @@ import asyncpg
 import pytest
 from redis.asyncio import Redis
 
+from core.settings import Settings
 from storage.caches.guard import RedisGuard
 from storage.db import create_pool
 from storage.embedded import free_port
@@ -22,10 +23,10 @@ from tests.replica_helpers import eventually, replay_paused
 
 
 @pytest.fixture
-async def replica_pool(replica_admin_url: str) -> AsyncIterator[asyncpg.Pool]:
+async def replica_pool(replica_admin_url: str, settings: Settings) -> AsyncIterator[asyncpg.Pool]:
     """The application role's pool on the replica (row-level security applies there too)."""
-    pool = await create_pool(with_credentials(replica_admin_url, "quarry_app", None), min_size=0, max_size=3,
-                             acquire_timeout_s=2, metrics_name="replica0")
+    pool = await create_pool(with_credentials(replica_admin_url, "quarry_app", settings.app_db_password),
+                             min_size=0, max_size=3, acquire_timeout_s=2, metrics_name="replica0")
     yield pool
     await pool.close()
 
