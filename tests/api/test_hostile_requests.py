@@ -34,7 +34,8 @@ def server(settings: Settings, tmp_path_factory: pytest.TempPathFactory):
     assert settings.database_url and settings.redis_url
     env = {"DATABASE_URL": settings.database_url, "REDIS_URL": settings.redis_url,
            "QUARRY_DATA_DIR": settings.data_dir, "QUARRY_LOG_LEVEL": "warning",
-           "QUARRY_RATE_LIMIT_ENABLED": "false"}
+           "QUARRY_RATE_LIMIT_ENABLED": "false",
+           "QUARRY_APP_DB_PASSWORD": settings.app_db_password or ""}
     with live_api(env, tmp_path_factory.mktemp("hostile") / "granian.log") as live:
         yield live
 
@@ -48,9 +49,9 @@ class Tenant:
 
 
 @pytest.fixture(scope="module")
-async def tenant(server: LiveServer, pool, settings: Settings, worker_ctx) -> Tenant:
+async def tenant(server: LiveServer, pool, owner_pool, settings: Settings, worker_ctx) -> Tenant:
     """A tenant with one ingested document, so searches and chats reach the index and the agent."""
-    async with pool.acquire() as conn:
+    async with owner_pool.acquire() as conn:  # the app role cannot create tenants
         row = await tenants.create_tenant(conn, f"hostile-{uuid.uuid4().hex[:8]}")
     async with tenant_tx(pool, row.id) as conn:
         key, _ = await api_keys.create_key(conn, row.id, "admin")

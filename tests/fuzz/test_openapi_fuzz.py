@@ -62,7 +62,8 @@ def server(settings: Settings, fuzz_admin_url: str, tmp_path_factory: pytest.Tem
     """The API under Granian on the fuzzing database and a Valkey keyspace of its own."""
     assert settings.redis_url is not None
     env = {"DATABASE_URL": fuzz_admin_url, "REDIS_URL": _redis_db(settings.redis_url, 7),
-           "QUARRY_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data")), "QUARRY_LOG_LEVEL": "warning"}
+           "QUARRY_DATA_DIR": str(tmp_path_factory.mktemp("fuzz-data")), "QUARRY_LOG_LEVEL": "warning",
+           "QUARRY_APP_DB_PASSWORD": settings.app_db_password or ""}
     with live_api(env, tmp_path_factory.mktemp("fuzz") / "granian.log") as server:
         yield server
 
@@ -78,9 +79,8 @@ async def keys(settings: Settings, fuzz_admin_url: str, api: str) -> dict[str, s
     app_pool = await create_pool(_app_url(fuzz_admin_url, settings), min_size=1, max_size=2)
     owner = await create_pool(fuzz_admin_url, min_size=1, max_size=1)
     try:
-        async with app_pool.acquire() as conn:
+        async with owner.acquire() as conn:  # the app role cannot create tenants
             tenant = await tenants.create_tenant(conn, f"fuzz-{uuid.uuid4().hex[:8]}")
-        async with owner.acquire() as conn:
             await tenants.set_operator(conn, tenant.id, True)
         async with tenant_tx(app_pool, tenant.id) as conn:
             admin, _ = await api_keys.create_key(conn, tenant.id, "admin")
