@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import multiprocessing
 import os
 import resource
 import signal
+import threading
 import time
 from collections.abc import Callable
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
@@ -134,17 +137,18 @@ class IsolatedPool:
         self._pids = context.RawArray("q", workers)
         self._free = collections.deque(range(workers))
         self._slots = asyncio.Semaphore(workers)
-        self._pool = ProcessPool(
-            max_workers=workers, max_tasks=max_tasks, initializer=_init_worker,
+        self._new_pool = functools.partial(
+            ProcessPool, max_workers=workers, max_tasks=max_tasks, initializer=_init_worker,
             initargs=(max_memory_mb, self._pids, setup, setup_args), context=context,
         )
+        self._pool = self._new_pool()
 
     async def start(self, within_s: float = 60.0) -> None:
         """Wait until a worker answers: a limit too low to load `setup` shows here, at startup,
-        not as documents that never start (pebble restarts a failing worker forever)."""
+        not as documents that never start."""
         try:
             await asyncio.wait_for(self.run(_ready), within_s)
-        except TimeoutError:
+        except (TimeoutError, BrokenProcessPool):
             raise RuntimeError(
                 f"the {self.what} workers did not start within {within_s:g} s: is the memory limit "
                 f"of {self.max_memory_mb} MB too low to load what they need?"
@@ -154,25 +158,41 @@ class IsolatedPool:
         async with self._slots:
             slot = self._free.popleft()
             try:
-                return await self._run(slot, fn, args)
+                try:
+                    return await self._run(slot, fn, args)
+                except _PoolBroken:
+                    # pebble gives up a whole pool when a worker dies while idle (the OOM killer,
+                    # an operator) or cannot start; the call never ran, so it gets one new pool.
+                    self._replace_pool()
+                    return await self._run(slot, fn, args)
             finally:
                 self._pids[slot] = 0
                 self._free.append(slot)
 
     async def _run(self, slot: int, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
-        future = self._pool.schedule(_call_in_slot, args=(slot, fn, args), timeout=self.timeout_s)
+        try:
+            future = self._pool.schedule(_call_in_slot, args=(slot, fn, args), timeout=self.timeout_s)
+        except RuntimeError as exc:  # "Unexpected error within the Pool": it is broken
+            raise _PoolBroken(f"the {self.what} workers stopped unexpectedly") from exc
         try:
             return await asyncio.wrap_future(future)
         except asyncio.CancelledError:
             future.cancel()  # type: ignore[no-untyped-call]  # pebble stops the process of a running task
             await asyncio.shield(asyncio.to_thread(self._wait_gone, slot))
             raise
+        except BrokenProcessPool as exc:
+            raise _PoolBroken(f"the {self.what} workers stopped unexpectedly") from exc
         except TimeoutError:  # pebble has stopped the process
             raise IsolationTimeout(f"{self.what} took longer than {self.timeout_s:g} s") from None
         except MemoryError:
             raise IsolationMemory(f"{self.what} needed more than {self.max_memory_mb} MB of memory") from None
         except ProcessExpired as exc:
             raise self._crashed(exc.exitcode) from None
+
+    def _replace_pool(self) -> None:
+        broken, self._pool = self._pool, self._new_pool()
+        # Stopping joins pebble's threads: not on the event loop.
+        threading.Thread(target=_stop, args=(broken,), name="isolation-stop", daemon=True).start()
 
     def _crashed(self, exitcode: int | None) -> IsolationError:
         if exitcode is not None and exitcode < 0:
@@ -196,5 +216,13 @@ class IsolatedPool:
 
     def close(self) -> None:
         """Stop the workers (running calls are killed) and wait for them."""
-        self._pool.stop()  # type: ignore[no-untyped-call]
-        self._pool.join()
+        _stop(self._pool)
+
+
+class _PoolBroken(BrokenProcessPool):
+    """The pool broke before the call ran (a platform problem: the caller may retry)."""
+
+
+def _stop(pool: ProcessPool) -> None:
+    pool.stop()  # type: ignore[no-untyped-call]
+    pool.join()
