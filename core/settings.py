@@ -89,8 +89,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Wall-clock limit for parsing and chunking one document; its worker process is killed after
     it and the document fails with the reason."""
     parse_max_memory_mb: Annotated[int, msgspec.Meta(ge=512, le=1_048_576)] = 2048
-    """Address-space limit of each parsing process (RLIMIT_AS; the upload checks of the API use it
-    too). Chunking needs about 80 bytes per character of text: 2048 MB fits ~20 MB of text."""
+    """Address-space limit of each parsing process (RLIMIT_AS). Chunking needs about 80 bytes per
+    character of text: 2048 MB fits ~20 MB of text."""
     parse_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
     """Parsing processes per ingestion worker; 0 = one per CPU, at most the worker's concurrent jobs."""
 

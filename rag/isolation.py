@@ -8,7 +8,8 @@ call runs in a process of a pool, with
 - an address-space limit (`RLIMIT_AS`, set in the process before it loads anything of its own):
   an allocation beyond it fails (MemoryError, or the process dies) -> `IsolationMemory`;
 - cancellation: a cancelled `run` kills its process and returns only when it is gone.
-Those three are content errors (422): the document is at fault, a retry would do the same.
+Timeouts, memory and crashes are content errors (422): the input is at fault, a retry would do
+the same. A caller can also bound the wait for a free worker (`max_wait_s`: 503 beyond).
 
 The pool is pebble's ProcessPool (a well-kept library: per-task timeouts that stop the worker,
 replacement workers, an initializer per worker, workers recycled after `max_tasks`). Workers are
@@ -38,9 +39,9 @@ from typing import Any, TypeVar
 
 from pebble import ProcessExpired, ProcessPool
 
-from core.errors import Unprocessable
+from core.errors import Unavailable, Unprocessable
 
-__all__ = ["IsolatedPool", "IsolationCrashed", "IsolationError", "IsolationMemory", "IsolationTimeout",
+__all__ = ["IsolatedPool", "IsolationBusy", "IsolationCrashed", "IsolationError", "IsolationMemory", "IsolationTimeout",
            "default_workers"]
 
 T = TypeVar("T")
@@ -48,7 +49,7 @@ T = TypeVar("T")
 # What the fork server imports once, so that a new worker starts in milliseconds. "__main__" (the
 # program's entry point, imported as multiprocessing always does, under `__mp_main__`) once there
 # rather than by every new worker.
-_PRELOAD = ["__main__", "rag.isolation", "rag.parse_pool", "rag.validation"]
+_PRELOAD = ["__main__", "rag.isolation", "rag.parse_pool", "rag.upload_check", "pypdf"]
 # A killed worker is gone within milliseconds (SIGTERM kills it); this only bounds a wait that
 # something unforeseen would make endless.
 _GONE_WAIT_S = 10.0
@@ -68,6 +69,10 @@ class IsolationMemory(IsolationError):
 
 class IsolationCrashed(IsolationError):
     title = "Stopped unexpectedly"
+
+
+class IsolationBusy(Unavailable):
+    """No worker became free within the pool's `max_wait_s` (503: the caller may try again)."""
 
 
 def default_workers(cap: int) -> int:
@@ -128,10 +133,12 @@ class IsolatedPool:
     def __init__(
         self, *, what: str, workers: int, timeout_s: float, max_memory_mb: int,
         setup: Callable[..., None] | None = None, setup_args: tuple[Any, ...] = (), max_tasks: int = 1000,
+        max_wait_s: float | None = None,
     ) -> None:
         if workers < 1:
             raise ValueError("workers must be at least 1")
         self.what, self.timeout_s, self.max_memory_mb, self.workers = what, timeout_s, max_memory_mb, workers
+        self.max_wait_s = max_wait_s
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload(_PRELOAD)
         self._pids = context.RawArray("q", workers)
@@ -155,7 +162,12 @@ class IsolatedPool:
             ) from None
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        async with self._slots:
+        try:
+            async with asyncio.timeout(self.max_wait_s):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise IsolationBusy(f"every {self.what} worker stayed busy for {self.max_wait_s:g} s") from None
+        try:
             slot = self._free.popleft()
             try:
                 try:
@@ -168,6 +180,8 @@ class IsolatedPool:
             finally:
                 self._pids[slot] = 0
                 self._free.append(slot)
+        finally:
+            self._slots.release()
 
     async def _run(self, slot: int, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
         try:

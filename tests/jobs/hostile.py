@@ -40,3 +40,10 @@ def recording(path: Path, fmt: str) -> ParsedDocument:
     """The real parser, after recording its pid."""
     _record_pid(path)
     return parse_file(path, fmt)
+
+
+def stuck_check(filename: str, content_type: str | None, head: bytes, path: Path, size: int) -> str:
+    """An upload check (rag.upload_check) that never ends, like pypdf on a hostile PDF could."""
+    _record_pid(path)
+    re.match(r"(a*)*b", "a" * 64)
+    raise AssertionError("unreachable within any test's lifetime")
