@@ -149,6 +149,7 @@ class IsolatedPool:
             initargs=(max_memory_mb, self._pids, setup, setup_args), context=context,
         )
         self._pool = self._new_pool()
+        self._started: ProcessPool | None = None
 
     async def start(self, within_s: float = 60.0) -> None:
         """Wait until a worker answers: a limit too low to load `setup` shows here, at startup,
@@ -184,8 +185,15 @@ class IsolatedPool:
             self._slots.release()
 
     async def _run(self, slot: int, fn: Callable[..., T], args: tuple[Any, ...]) -> T:
+        schedule = functools.partial(self._pool.schedule, _call_in_slot, args=(slot, fn, args), timeout=self.timeout_s)
         try:
-            future = self._pool.schedule(_call_in_slot, args=(slot, fn, args), timeout=self.timeout_s)
+            if self._started is self._pool:
+                future = schedule()
+            else:
+                # A pool's first call starts its workers (and, the first time in this process,
+                # the fork server: a second or so), blocking: not on the event loop.
+                future = await asyncio.to_thread(schedule)
+                self._started = self._pool
         except RuntimeError as exc:  # "Unexpected error within the Pool": it is broken
             raise _PoolBroken(f"the {self.what} workers stopped unexpectedly") from exc
         try:
