@@ -9,14 +9,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 
+import httpx
+import psutil
 import pytest
 
+from perf.simllm import SimLLM
 from rag import upload_check
 from rag.isolation import IsolatedPool
 from tests.api.chat_helpers import chat_app
 from tests.api.helpers import assert_problem
-from tests.api.test_documents import list_documents, upload_files
+from tests.api.test_documents import list_documents, make_pdf, upload_files
+from tests.api.test_shutdown import KILL_TIMEOUT_S, _wait_exit, granian
 from tests.ingest_helpers import new_collection
 from tests.jobs import hostile
 
@@ -93,3 +98,25 @@ async def test_no_free_checker_in_time_is_503(live, make_tenant, checkers):
     assert [r.status_code for r in answers] == [422, 503]
     assert answers[0].json()["detail"].endswith("the file could not be checked within 3 s")
     assert answers[1].json()["detail"] == "every upload checker of this server is busy; try again in a few seconds"
+
+
+async def test_uploads_through_granian_use_the_checkers_and_stop_with_the_server(settings, make_tenant, tmp_path):
+    """The real server: its worker starts the checkers on the first upload (a fork server and two
+    processes) and they end with it."""
+    async with SimLLM() as sim, granian(settings, sim, tmp_path) as server:
+        t = await make_tenant()
+        async with httpx.AsyncClient(base_url=server.base, headers=t.headers, timeout=30) as http:
+            cid = (await http.post("/v1/collections", json={"name": "checked"})).json()["id"]
+            ok = await http.post(f"/v1/collections/{cid}/documents",
+                                 files=[("files", ("fine.pdf", make_pdf("An honest report."), "application/pdf"))])
+            assert ok.status_code == 202, ok.text
+            bad = await http.post(f"/v1/collections/{cid}/documents",
+                                  files=[("files", ("bad.pdf", b"%PDF-1.7 not really", "application/pdf"))])
+            assert_problem(bad, 422)
+            assert "bad.pdf: the PDF is corrupt" in bad.json()["detail"]
+        descendants = psutil.Process(server.proc.pid).children(recursive=True)
+        assert len(descendants) >= 4, descendants  # the Granian worker, the fork server, 2 checkers
+        os.killpg(server.proc.pid, signal.SIGTERM)
+        await _wait_exit(server.proc, within_s=KILL_TIMEOUT_S)
+        _, alive_after = psutil.wait_procs(descendants, timeout=10)
+        assert alive_after == []
