@@ -92,6 +92,14 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """Documents one tenant may keep (uploads over it: 409); 0 = unlimited; per-tenant override as above."""
     search_statement_timeout_ms: Annotated[int, msgspec.Meta(ge=1, le=600_000)] = 5_000
     """Longest a search statement may run; a cancelled one answers 503 with Retry-After."""
+    parse_timeout_s: Annotated[float, msgspec.Meta(gt=0, le=3600)] = 120.0
+    """Wall-clock limit for parsing and chunking one document; its worker process is killed after
+    it and the document fails with the reason."""
+    parse_max_memory_mb: Annotated[int, msgspec.Meta(ge=512, le=1_048_576)] = 2048
+    """Address-space limit of each parsing process (RLIMIT_AS). Chunking needs about 80 bytes per
+    character of text: 2048 MB fits ~20 MB of text."""
+    parse_workers: Annotated[int, msgspec.Meta(ge=0, le=64)] = 0
+    """Parsing processes per ingestion worker; 0 = one per CPU, at most the worker's concurrent jobs."""
 
     # --- embeddings ---
     embedder: Literal["minilm", "openai"] = "minilm"

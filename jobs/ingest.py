@@ -5,17 +5,26 @@ document changed or vanished since it was queued does nothing; chunks, embedding
 full-text vectors are swapped in ONE transaction at the end, so a worker killed at any
 point leaves the previous version intact and no partial rows — the retry starts clean.
 
-Failures: content problems (unsupported, corrupt, encrypted, empty) fail the document at
-once with the reason; anything else is retried with exponential backoff, and after
-`ingest_max_tries` attempts the document stays `failed` with the last reason.
+Failures: content problems (unsupported, corrupt, encrypted, empty, and a parse that runs out
+of time or memory in its worker process: rag.parse_pool) fail the document at once with the
+reason; anything else is retried with exponential backoff, and after `ingest_max_tries`
+attempts the document stays `failed` with the last reason.
+
+Nothing stays `processing`: a job past its own deadline (`job_deadline_s`) fails the document
+with the reason; a job cancelled (worker shutdown) gives the document back as `queued` for
+arq's re-run; a job whose worker was killed leaves it `processing`, and the re-run (arq runs it
+again when its in-progress key expires: the job timeout + 10 s) claims it again - unless it has
+had all its attempts, then it fails.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import math
 import random
 import uuid
-from typing import Any
+from typing import Any, Literal
 
 from arq import Retry
 from arq.connections import ArqRedis
@@ -23,6 +32,7 @@ from arq.connections import ArqRedis
 from core.errors import QuarryError
 from core.settings import Settings
 from rag.ingest import prepare_file
+from rag.isolation import default_workers
 from storage.blobs import BlobStore
 from storage.models import ChunkRow, Document
 from storage.repositories import chunks as chunk_repo
@@ -31,11 +41,44 @@ from storage.tenancy import tenant_tx
 
 from .limits import acquire_slot, hold_slot
 
-__all__ = ["INGEST_JOB", "enqueue_ingest", "ingest_document", "ingest_job_id"]
+__all__ = [
+    "INGEST_JOB",
+    "INGEST_TIMEOUT_S",
+    "WORKER_MAX_JOBS",
+    "enqueue_ingest",
+    "ingest_document",
+    "ingest_job_id",
+    "ingest_timeout_s",
+    "job_deadline_s",
+]
 
 _log = logging.getLogger("quarry.jobs.ingest")
 INGEST_JOB = "ingest_document"
-INGEST_TIMEOUT_S = 900
+# What a job may spend after its parse: embedding (a document of ~20 MB of text is ~20,000
+# chunks, minutes on a CPU) and the write.
+_EMBED_AND_WRITE_S = 300.0
+# Between the job's own deadline and arq's timeout: time to kill the parse, fail the document and
+# release the slot before arq cancels the job from outside.
+_CLEANUP_S = 30.0
+
+
+def job_deadline_s(settings: Settings, parse_workers: int, max_jobs: int) -> float:
+    """The job's own deadline: in the worst case each of the worker's `max_jobs` jobs waits for
+    a parsing process behind others that all run to the parse timeout, then embeds."""
+    return math.ceil(max_jobs / parse_workers) * settings.parse_timeout_s + _EMBED_AND_WRITE_S
+
+
+def ingest_timeout_s(settings: Settings, parse_workers: int, max_jobs: int) -> float:
+    """arq's timeout for the job. Derived from the parse timeout, not a fixed 15 minutes: a job
+    whose worker was killed is run again only when this (+ 10 s) has passed, so shorter is
+    sooner (450 s with the defaults on 8 CPUs; 810 s on 2, where 8 jobs share 2 parsers)."""
+    return job_deadline_s(settings, parse_workers, max_jobs) + _CLEANUP_S
+
+
+# Jobs run at once by one worker process (jobs.worker).
+WORKER_MAX_JOBS = 8
+# For workers made outside jobs.worker.make_worker_settings (tests, benchmarks): default settings.
+INGEST_TIMEOUT_S = ingest_timeout_s(Settings(), default_workers(WORKER_MAX_JOBS), WORKER_MAX_JOBS)
 
 
 def ingest_job_id(document_id: uuid.UUID | str, content_hash: str) -> str:
@@ -69,8 +112,35 @@ async def ingest_document(
         # The tenant is at its cap. Come back soon: a slot frees up every few hundred ms on a busy
         # batch, and only the worker's max_jobs jobs can be waiting like this at once.
         raise Retry(defer=0.2 + random.uniform(0, 0.3))  # noqa: S311 - jitter, not crypto
+    doc_id = uuid.UUID(document_id)
+    # Released only after the parse's process is gone (a timeout or cancellation kills it first).
     async with hold_slot(redis, tenant_id, token):  # renewed while the job runs, released after
-        return await _ingest(ctx, settings, pool, blobs, tenant_id, uuid.UUID(document_id), content_hash, fmt)
+        deadline_s = ctx.get("job_deadline_s", INGEST_TIMEOUT_S - _CLEANUP_S)
+        deadline = asyncio.timeout(deadline_s)
+        try:
+            async with deadline:
+                return await _ingest(ctx, settings, pool, blobs, tenant_id, doc_id, content_hash, fmt)
+        except TimeoutError:
+            if not deadline.expired():
+                raise
+            reason = f"ingestion took longer than {deadline_s:g} s"
+            await _release(pool, tenant_id, doc_id, content_hash, "failed", reason)
+            await _cleanup_blob(pool, blobs, tenant_id, doc_id, content_hash)
+            return {"status": "failed", "error": reason}
+        except asyncio.CancelledError:
+            # Worker shutdown (arq runs a cancelled job again): the document waits for that run.
+            # Shielded: a second cancellation must not leave it `processing`.
+            await asyncio.shield(_release(
+                pool, tenant_id, doc_id, content_hash, "queued", "interrupted (the worker stopped); will be retried"))
+            raise
+
+
+async def _release(
+    pool: Any, tenant_id: str, document_id: uuid.UUID, content_hash: str, status: Literal["queued", "failed"],
+    reason: str,
+) -> None:
+    async with tenant_tx(pool, tenant_id) as conn:
+        await documents.release_unfinished(conn, document_id, content_hash, status, reason)
 
 
 async def _ingest(
@@ -83,6 +153,12 @@ async def _ingest(
         # Nobody will ingest these bytes any more (unless another pending document shares them).
         await _cleanup_blob(pool, blobs, tenant_id, document_id, content_hash)
         return {"status": "skipped", "reason": "document changed, deleted or already ready"}
+    if doc.attempts > settings.ingest_max_tries:
+        # Claimed again after runs that never finished (a worker killed each time: by the OOM
+        # killer, say): give up like any other document out of attempts.
+        reason = f"gave up after {settings.ingest_max_tries} attempts that did not finish (the worker stopped)"
+        await _fail(pool, blobs, tenant_id, document_id, content_hash, reason)
+        return {"status": "failed", "error": reason}
     try:
         # The collection's active embedder (a backfill may have switched it from the default).
         async with tenant_tx(pool, tenant_id, readonly=True) as conn:
@@ -91,7 +167,7 @@ async def _ingest(
             blobs.path_for(tenant_id, content_hash), fmt, tokenizer=ctx["tokenizer"],
             # The embedder's limit counts its special tokens ([CLS], [SEP]); the chunker does not.
             embedder=embedder, max_tokens=min(settings.chunk_tokens, embedder.max_tokens - 2),
-            overlap_tokens=settings.chunk_overlap_tokens,
+            overlap_tokens=settings.chunk_overlap_tokens, parser=ctx["parser"],
         )
         rows = [ChunkRow(ord=c.ord, text=c.text, heading=c.heading, page=c.page,
                          char_start=c.char_start, char_end=c.char_end, token_count=c.token_count)

@@ -4,6 +4,11 @@ A running job renews its slot every third of the lease (`hold_slot`); a slot not
 the lease is dropped before counting, so a worker killed while holding one frees it within a
 minute - not the 15-minute job timeout, as before, when a tenant whose jobs all died stayed
 blocked that long.
+
+Renewals run on the job's event loop: the parse of a document runs in another process
+(rag.parse_pool), so a hostile one cannot starve them of the GIL, and a parse that times out or
+is cancelled is killed before the job leaves `hold_slot` (jobs.ingest): a slot is never free
+while its document still burns a CPU.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 from uuid import UUID
 
-import anyio
 import asyncpg
 import msgspec
 from arq.connections import ArqRedis
@@ -20,8 +19,8 @@ from api.metadata_filters import MAX_DOCUMENT_METADATA_BYTES
 from core.errors import PayloadTooLarge, Unavailable, Unprocessable, UnsupportedMediaType
 from core.settings import Settings
 from jobs.ingest import enqueue_ingest
-from rag.parsing import FORMATS, detect_format
-from rag.validation import check_upload
+from rag.parsing import FORMATS
+from rag.upload_check import check_file
 from storage.blobs import BlobStore, StoredBlob
 from storage.models import Document
 from storage.repositories import collections, documents
@@ -105,13 +104,13 @@ def _metadata_field(raw: str | None) -> dict[str, Any]:
 
 
 async def _validate(filename: str, content_type: str | None, blob: StoredBlob) -> str:
+    # Detection and the structure check read hostile bytes: in a killable process with a time
+    # limit (rag.upload_check), never on this event loop or in a thread holding its GIL.
     try:
-        fmt = detect_format(filename, content_type, blob.head)
-        await anyio.to_thread.run_sync(check_upload, blob.path, fmt, blob.size)
+        return await check_file(filename, content_type, blob.head, blob.path, blob.size)
     except (UnsupportedMediaType, Unprocessable, PayloadTooLarge) as exc:
         exc.detail = f"{filename}: {exc.detail}"
         raise
-    return fmt
 
 
 def _discard(blobs: BlobStore, tenant_id: UUID, stored: list[StoredBlob]) -> None:

@@ -18,7 +18,8 @@ from storage.repositories._rows import to_struct, to_structs
 from storage.repositories.collections import bump_version
 
 __all__ = ["UploadAction", "delete_document", "get_document", "get_documents", "list_documents",
-           "mark_failed", "mark_processing", "other_pending_with_hash", "register_upload", "requeue"]
+           "mark_failed", "mark_processing", "other_pending_with_hash", "register_upload", "release_unfinished",
+           "requeue"]
 
 # unchanged: same bytes already indexed (no-op); pending: same bytes already queued or being
 # processed (the caller re-enqueues: job ids dedupe); replaced: new bytes for a known uri.
@@ -161,3 +162,18 @@ async def other_pending_with_hash(conn: asyncpg.Connection, content_hash: str, d
         content_hash, document_id,
     )
     return bool(found)
+
+
+async def release_unfinished(
+    conn: asyncpg.Connection, document_id: UUID, content_hash: str, status: Literal["queued", "failed"], error: str
+) -> bool:
+    """A job stopped before finishing (worker shutdown, its own deadline): its claim is given up,
+    as `queued` for the job's re-run or `failed`. Only a claim still held is changed: a document
+    written (ready) or replaced meanwhile is left as it is."""
+    row = await conn.fetchval(
+        """UPDATE documents SET status = $3, error = $4, updated_at = now(),
+               finished_at = CASE WHEN $3 = 'failed' THEN now() ELSE finished_at END
+           WHERE id = $1 AND content_hash = $2 AND status = 'processing' RETURNING 1""",
+        document_id, content_hash, status, error[:2000],
+    )
+    return row is not None

@@ -24,15 +24,15 @@ from arq import Retry
 from arq.connections import RedisSettings, create_pool
 from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
-from redis.asyncio import Redis
 
 from core.errors import Unavailable
 from jobs.ingest import enqueue_ingest, ingest_document, ingest_job_id
 from jobs.limits import LEASE_S, acquire_slot, hold_slot, release_slot, renew_slot
 from pipelines.embedding import EmbedderResolver
 from rag.parsing import FORMATS
-from storage.repositories import collections, documents
+from storage.repositories import documents
 from storage.tenancy import tenant_tx
+from tests.jobs.conftest import new_collection
 
 LONG_TEXT = "\n\n".join(
     f"Section {i}. The lighthouse on cape {name} was automated in {1950 + i}; its keeper kept a "
@@ -69,24 +69,6 @@ class Doc:
 
     def args(self) -> tuple[str, str, str, str]:
         return str(self.tenant_id), str(self.id), self.content_hash, self.fmt
-
-
-@pytest.fixture
-async def redis(settings):
-    client = Redis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-def ctx(worker_ctx, redis) -> dict[str, Any]:
-    """A job context as arq's worker builds it."""
-    return dict(worker_ctx, redis=redis)
-
-
-async def new_collection(pool, tenant_id) -> uuid.UUID:
-    async with tenant_tx(pool, tenant_id) as conn:
-        return (await collections.create_collection(conn, tenant_id, f"c-{uuid.uuid4().hex[:8]}", "")).id
 
 
 async def add_document(pool, blobs, tenant_id, collection_id, data: bytes, fmt: str, uri: str | None = None) -> Doc:
@@ -133,12 +115,6 @@ class BrokenEmbedder:
 
     async def aclose(self) -> None:
         pass
-
-
-@pytest.fixture
-async def tenant(make_tenant, pool):
-    t = await make_tenant()
-    return t.id, await new_collection(pool, t.id)
 
 
 # --- content problems -----------------------------------------------------------------------
