@@ -70,9 +70,9 @@ def _multipart(name: str, content_type: str, body: bytes) -> dict:
 SPACES = " " * 200_000
 HOSTILE = {
     # exponential in the old HTML sniff (each extra comment doubled the time; 27 took 9 s)
-    "upload-nested-comments": ("upload", _multipart("x", "application/octet-stream", b"<!---->" * 60 + b"x")),
-    "upload-spaces": ("upload", _multipart("spaces.txt", "text/plain", b" " * 5_000_000 + b"x")),
-    "upload-atx-spaces": ("upload", _multipart("h.md", "text/markdown", b"#" + b" " * 2_000_000 + b"x")),
+    "upload-nested-comments": ("upload", "", _multipart("x", "application/octet-stream", b"<!---->" * 60 + b"x")),
+    "upload-spaces": ("upload", "", _multipart("spaces.txt", "text/plain", b" " * 5_000_000 + b"x")),
+    "upload-atx-spaces": ("upload", "", _multipart("h.md", "text/markdown", b"#" + b" " * 2_000_000 + b"x")),
     "chat-spaced-question": ("POST", "/v1/chat", {"json": {"message": "what" + SPACES + "and how"}}),
     "chat-spaced-history": ("POST", "/v1/chat", {"json": {
         "message": "and then?",
