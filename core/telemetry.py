@@ -155,7 +155,8 @@ def scrub_event(event: dict[str, Any], _hint: dict[str, Any] | None = None) -> d
 
 def _frames(event: dict[str, Any]) -> list[dict[str, Any]]:
     found: list[dict[str, Any]] = []
-    holders = [*((event.get("exception") or {}).get("values") or []), *((event.get("threads") or {}).get("values") or [])]
+    holders = [*((event.get("exception") or {}).get("values") or []),
+               *((event.get("threads") or {}).get("values") or [])]
     for holder in holders:
         if isinstance(holder, dict):
             frames = (holder.get("stacktrace") or {}).get("frames") or []
