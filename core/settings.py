@@ -14,7 +14,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -217,9 +216,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         """Every field, credentials masked: settings end up in logs and error reports."""
         return f"Settings({', '.join(f'{name}={value!r}' for name, value in self.__rich_repr__())})"
 
-    def __rich_repr__(self) -> Iterator[tuple[str, Any]]:
-        for name in self.__struct_fields__:
-            yield name, _masked(name, getattr(self, name))
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [(name, _masked(name, getattr(self, name))) for name in self.__struct_fields__]
 
     @property
     def data_path(self) -> Path:
