@@ -11,6 +11,7 @@ message names the variable; the CLI prints it on one line and exits with code 2.
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import os
 import re
@@ -180,9 +181,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     """When set, /metrics requires `Authorization: Bearer <token>`; empty = public, which is
     allowed only while QUARRY_HOST is a loopback address (settings refuse otherwise)."""
     secret_key: str = ""
-    """Fernet key(s) encrypting source secrets at rest (core/secrets.py), comma-separated: the
-    first encrypts, all decrypt (rotation). Empty: embedded database = a key generated under
-    data_dir; DATABASE_URL set = S3 sources with credentials are refused (422)."""
+    """Fernet key(s) encrypting S3 source credentials at rest (core/secrets.py), comma-separated:
+    the first encrypts, all decrypt (rotation: `quarry sources rotate-secrets`). Empty: sources
+    with credentials are refused (422); everything else works."""
     trusted_proxies: str = ""
     """Comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client (for the
     failed-authentication limit); empty: the socket peer is the client."""
@@ -208,6 +209,9 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             raise ValueError("must not exceed QUARRY_DB_POOL_MAX - at `$.db_pool_min`")
         if not re.fullmatch(r"\s*(\w+=\d+/\d+\s*(,\s*\w+=\d+/\d+\s*)*)?", self.rate_limits):
             raise ValueError("expected class=per_key/per_tenant pairs, e.g. search=600/3000 - at `$.rate_limits`")
+        if not all(_is_fernet_key(k) for k in self.secret_key.split(",") if k.strip()):
+            raise ValueError("each comma-separated key must be 32 url-safe base64-encoded bytes, as made by "
+                             "cryptography's Fernet.generate_key() - at `$.secret_key`")
         if not self.metrics_token and not _is_loopback(self.host):
             raise ValueError("must be set when QUARRY_HOST is not a loopback address (/metrics would be "
                              "public) - at `$.metrics_token`")
@@ -264,6 +268,13 @@ def _masked(name: str, value: Any) -> Any:
     if name in _URL_FIELDS and isinstance(value, str):
         return mask_url_credentials(value)
     return value
+
+
+def _is_fernet_key(text: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(text.strip().encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError):
+        return False
 
 
 def _is_loopback(host: str) -> bool:

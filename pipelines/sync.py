@@ -34,6 +34,7 @@ from uuid import UUID
 import asyncpg
 
 from core.errors import Conflict, QuarryError
+from core.secrets import SecretError, open_config, secret_box
 from core.settings import Settings
 from rag.chunking import TokenOffsets
 from rag.connectors import ConfigError, ConnectorError, Fetched, Gone, ItemFailed, NetPolicy, make_connector
@@ -134,8 +135,9 @@ class _Run:
             async with tenant_tx(pool, self.tenant_id, readonly=True) as conn:
                 self.embedder = await self.deps.embedders.get(conn, collection.active_embedder)
             s = self.deps.settings
-            connector = make_connector(
-                source.kind, source.config, policy=net_policy(s), folder_roots=folder_roots(s),
+            connector = make_connector(  # the one place a source's credentials are decrypted
+                source.kind, open_config(source.config, secret_box(s)), policy=net_policy(s),
+                folder_roots=folder_roots(s),
                 max_item_bytes=s.connector_max_item_bytes, timeout_s=s.connector_timeout_s,
                 user_agent=s.connector_user_agent,
             )
@@ -154,7 +156,7 @@ class _Run:
             if complete:
                 await self._delete([uri for uri in known if uri not in seen], "gone upstream")
             status = "succeeded"
-        except (ConnectorError, ConfigError, UnknownEmbedder) as exc:
+        except (ConnectorError, ConfigError, UnknownEmbedder, SecretError) as exc:
             self.errors.insert(0, {"error": str(exc)})
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "canceled"

@@ -26,7 +26,7 @@ from storage.repositories import sources, sync_runs
 from storage.tenancy import tenant_tx
 
 from .schemas import CreateSource, SourceOut, SourcePage, SyncRequested, SyncRunPage, UpdateSource
-from .service import check_config, check_schedule, merge_secrets, source_out
+from .service import check_schedule, source_out, stored_config
 
 AnyRequest = Request[Principal, UUID, State]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
@@ -42,7 +42,7 @@ class SourceController(Controller):
     ) -> SourceOut:
         """Create a data source (folder, website or S3) syncing into a collection."""
         schedule = check_schedule(data.schedule)
-        config = check_config(data.kind, data.config, settings)
+        config = stored_config(data.kind, data.config, settings)
         tenant_id = request.user.tenant_id
         async with tenant_tx(pool, tenant_id) as conn:
             source = await sources.create_source(
@@ -89,7 +89,7 @@ class SourceController(Controller):
         async with tenant_tx(pool, request.user.tenant_id) as conn:
             current = await sources.get_source(conn, source_id, for_update=True)
             if isinstance(data.config, dict):
-                changes["config"] = check_config(current.kind, merge_secrets(data.config, current.config), settings)
+                changes["config"] = stored_config(current.kind, data.config, settings, current.config)
             source = await sources.update_source(conn, source_id, changes)
             latest = await sync_runs.latest_runs(conn, [source_id])
         return source_out(source, latest.get(source_id))

@@ -90,3 +90,30 @@ async def test_s3_endpoint_must_be_allowed(s3_endpoint, pool, make_tenant, make_
     source = await make_source(tenant.id, "s3", {"bucket": "whatever", "endpoint_url": url})
     run = (await sync_source(make_deps(settings), tenant.id, source.id)).run
     assert run.status == "failed" and "private, loopback or link-local" in run.errors[0]["error"]
+
+
+async def test_s3_credentials_sealed_at_rest_are_opened_for_the_sync(s3_endpoint, bucket, pool, make_tenant,
+                                                                      make_source, make_deps, settings):
+    """Stored as the API stores them (sealed with QUARRY_SECRET_KEY): the sync decrypts them to
+    build the connector; without the key the run fails with a clear reason, and nothing leaks."""
+    from cryptography.fernet import Fernet
+
+    from api.sources.service import stored_config
+
+    url, port = s3_endpoint
+    client, name = bucket
+    client.put_object(Bucket=name, Key="handbook/sealed.txt", Body=b"Sealed credentials still open the bucket.")
+    keyed = msgspec.structs.replace(settings, connector_allow_private=f"127.0.0.1:{port}",
+                                    secret_key=Fernet.generate_key().decode())
+    config = stored_config("s3", {"bucket": name, "prefix": "handbook/", "endpoint_url": url,
+                                  "access_key_id": "AKIATEST", "secret_access_key": SECRET}, keyed)
+    assert SECRET not in msgspec.json.encode(config).decode()
+    tenant = await make_tenant()
+    source = await make_source(tenant.id, "s3", config)
+    run = (await sync_source(make_deps(keyed), tenant.id, source.id)).run
+    assert run.status == "succeeded", run.errors
+    assert run.added == 1
+    keyless = msgspec.structs.replace(keyed, secret_key="")
+    failed = (await sync_source(make_deps(keyless), tenant.id, source.id)).run
+    assert failed.status == "failed" and "QUARRY_SECRET_KEY" in failed.errors[0]["error"]
+    assert SECRET not in msgspec.json.encode(failed).decode()
