@@ -212,6 +212,8 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
         if not all(_is_fernet_key(k) for k in self.secret_key.split(",") if k.strip()):
             raise ValueError("each comma-separated key must be 32 url-safe base64-encoded bytes, as made by "
                              "cryptography's Fernet.generate_key() - at `$.secret_key`")
+        if not all(_is_network(part) for part in self.trusted_proxies.split(",") if part.strip()):
+            raise ValueError("expected comma-separated IP addresses or CIDRs - at `$.trusted_proxies`")
         if not self.metrics_token and not _is_loopback(self.host):
             raise ValueError("must be set when QUARRY_HOST is not a loopback address (/metrics would be "
                              "public) - at `$.metrics_token`")
@@ -275,6 +277,14 @@ def _is_fernet_key(text: str) -> bool:
         return len(base64.urlsafe_b64decode(text.strip().encode("ascii"))) == 32
     except (ValueError, UnicodeEncodeError):
         return False
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:

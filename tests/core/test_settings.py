@@ -65,6 +65,9 @@ def test_overrides_win(tmp_path):
         ({"QUARRY_LOG_LEVEL": "loud"}, "QUARRY_LOG_LEVEL"),
         ({"QUARRY_DB_POOL_MIN": "5", "QUARRY_DB_POOL_MAX": "2"}, "QUARRY_DB_POOL_MIN"),
         ({"QUARRY_DAGSTER": "maybe"}, "QUARRY_DAGSTER"),
+        ({"QUARRY_TRUSTED_PROXIES": "10.0.0.0/8, not-an-ip"}, "QUARRY_TRUSTED_PROXIES"),
+        ({"QUARRY_SECRET_KEY": "too-short"}, "QUARRY_SECRET_KEY"),
+        ({"QUARRY_AUTH_FAILURES_PER_MINUTE": "-1"}, "QUARRY_AUTH_FAILURES_PER_MINUTE"),
     ],
 )
 def test_invalid_values_name_the_variable(env, name):
@@ -95,10 +98,11 @@ SECRETS = {
     "QUARRY_LLM_API_KEY": "sk-llm-hunter2",
     "SENTRY_DSN": "https://dsnpublickey123@o1.ingest.sentry.io/42",
     "QUARRY_METRICS_TOKEN": "metrics-hunter2",
-    "QUARRY_SECRET_KEY": "fernet-hunter2",
+    "QUARRY_SECRET_KEY": "c2VjcmV0LWtleS1odW50ZXIyLXRoaXJ0eS10d28tYnk=",  # 32 bytes, url-safe base64
 }
 SECRET_VALUES = ["pg-hunter2", "replica-hunter2", "replica2-pw", "redis-hunter2", "app-hunter2",
-                 "sk-openai-hunter2", "sk-llm-hunter2", "dsnpublickey123", "metrics-hunter2", "fernet-hunter2"]
+                 "sk-openai-hunter2", "sk-llm-hunter2", "dsnpublickey123", "metrics-hunter2",
+                 "c2VjcmV0LWtleS1odW50ZXIyLXRoaXJ0eS10d28tYnk="]
 
 
 def test_repr_str_rich_and_logs_never_show_credentials(caplog):
