@@ -4,7 +4,6 @@ and credentials inside free text (URLs with userinfo, bearer values, API keys) m
 from __future__ import annotations
 
 import json
-import logging
 
 import msgspec
 import pytest
@@ -44,7 +43,9 @@ def test_options_turn_frame_locals_off_and_scrub_every_event():
 def test_a_real_exception_report_carries_no_secret():
     """Through the SDK itself: an exception raised where locals and the message hold secrets."""
     transport = _Capture()
-    options = {**telemetry.sentry_options(_settings(), "test"), "transport": transport}
+    # No integrations: a test must not patch asyncpg, logging, ... for the rest of the session.
+    options = {**telemetry.sentry_options(_settings(), "test"), "transport": transport,
+               "default_integrations": False, "auto_enabling_integrations": False}
     client = sentry_sdk.Client(**options)
 
     def connect(config: dict, database_url: str) -> None:
@@ -55,7 +56,7 @@ def test_a_real_exception_report_carries_no_secret():
         scope.set_client(client)
         scope.set_extra("source_config", {"bucket": "docs", "secret_access_key": SECRET})
         sentry_sdk.add_breadcrumb(message=f"GET https://admin:{SECRET}@minio.internal/docs", category="http")
-        logging.getLogger("quarry.test").warning("redis at redis://:%s@cache:6379/0", SECRET)
+        sentry_sdk.add_breadcrumb(message=f"redis at redis://:{SECRET}@cache:6379/0", category="log")
         try:
             connect({"access_key_id": "AKIAEXAMPLE1234", "secret_access_key": SECRET},
                     f"postgresql://quarry:{SECRET}@db/quarry")
