@@ -66,7 +66,8 @@ def client_address(scope: Any, trusted: tuple[Network, ...]) -> str:
     peer = _address(client[0]) if client else None
     if peer is not None and trusted and any(peer in net for net in trusted):
         forwarded = b",".join(v for k, v in scope.get("headers", ()) if k.lower() == b"x-forwarded-for")
-        hops = forwarded[:_MAX_FORWARDED_LEN].decode("latin-1").split(",")
+        # The right end is what our proxies appended; a client can only pad the left end.
+        hops = forwarded[-_MAX_FORWARDED_LEN:].decode("latin-1").split(",")
         for hop in reversed(hops):
             candidate = _address(hop)
             if candidate is None:

@@ -376,6 +376,7 @@ async def test_repeated_failures_from_one_address_get_429_before_any_lookup(sett
     ("10.0.0.2", "6.6.6.6, 198.51.100.1, 10.0.0.7", "10.0.0.0/8", "198.51.100.1"),  # spoofed left part ignored
     ("10.0.0.2", "garbage, 10.0.0.9", "10.0.0.0/8", "10.0.0.9"),
     ("10.0.0.2", None, "10.0.0.0/8", "10.0.0.2"),
+    ("10.0.0.2", "6.6.6.6," * 2000 + " 198.51.100.1", "10.0.0.0/8", "198.51.100.1"),  # padding cannot push it out
     ("2001:db8:1:2:3:4:5:6", None, "", "2001:db8:1:2::/64"),  # IPv6: per /64
     ("::ffff:203.0.113.5", None, "", "203.0.113.5"),
     ("testclient", None, "", "unknown"),
