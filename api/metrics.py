@@ -1,9 +1,11 @@
 """Prometheus: request metrics middleware and the `/metrics` endpoint.
 
-`/metrics` is public unless QUARRY_METRICS_TOKEN is set (then `Authorization: Bearer <token>`):
-it reveals traffic volumes and route names, no tenant data, and a scraper inside the cluster
-usually has no API key. Under Granian with several workers (PROMETHEUS_MULTIPROC_DIR set by
-`quarry up`), whichever worker answers aggregates every process's files, arq workers included.
+`/metrics` is public unless QUARRY_METRICS_TOKEN is set (then `Authorization: Bearer <token>`,
+compared in constant time): it reveals traffic volumes and route names, no tenant data, and a
+scraper inside the cluster usually has no API key. Public is allowed only on a loopback bind:
+settings refuse a non-loopback QUARRY_HOST without a token (core.settings). Under Granian with
+several workers (PROMETHEUS_MULTIPROC_DIR set by `quarry up`), whichever worker answers
+aggregates every process's files, arq workers included.
 Scrape-time values (arq queue depth, Redis reachability) are read when the scrape comes.
 """
 

@@ -11,6 +11,8 @@ message names the variable; the CLI prints it on one line and exits with code 2.
 
 from __future__ import annotations
 
+import base64
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -18,7 +20,7 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
-__all__ = ["Settings", "SettingsError", "env_name", "load_settings"]
+__all__ = ["Settings", "SettingsError", "env_name", "load_settings", "mask_url_credentials"]
 
 _ENV_NAMES_BY_FIELD = {
     "database_url": "DATABASE_URL",
@@ -195,7 +197,18 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     rate_limit_fail_mode: Literal["open", "closed"] = "open"
     """When Redis is unreachable: open = serve without limits, closed = answer 503."""
     metrics_token: str = ""
-    """When set, /metrics requires `Authorization: Bearer <token>`; empty = public."""
+    """When set, /metrics requires `Authorization: Bearer <token>`; empty = public, which is
+    allowed only while QUARRY_HOST is a loopback address (settings refuse otherwise)."""
+    secret_key: str = ""
+    """Fernet key(s) encrypting S3 source credentials at rest (core/secrets.py), comma-separated:
+    the first encrypts, all decrypt (rotation: `quarry sources rotate-secrets`). Empty: sources
+    with credentials are refused (422); everything else works."""
+    trusted_proxies: str = ""
+    """Comma-separated CIDRs of reverse proxies whose X-Forwarded-For names the client (for the
+    failed-authentication limit); empty: the socket peer is the client."""
+    auth_failures_per_minute: Annotated[int, msgspec.Meta(ge=0)] = 30
+    """Failed authentications (unknown keys) one client address may make per minute before its
+    requests get 429 without any key lookup; 0 = unlimited."""
     otel_service_name: str = "quarry"
     sentry_environment: str = "production"
     sentry_traces_sample_rate: Annotated[float, msgspec.Meta(ge=0, le=1)] = 0.0
@@ -220,6 +233,21 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
             if root == data or root.is_relative_to(data) or data.is_relative_to(root):
                 # A tenant's folder source must never read uploads, the embedded databases or keys.
                 raise ValueError(f"{root} overlaps QUARRY_DATA_DIR ({data}) - at `$.connector_folder_roots`")
+        if not all(_is_fernet_key(k) for k in self.secret_key.split(",") if k.strip()):
+            raise ValueError("each comma-separated key must be 32 url-safe base64-encoded bytes, as made by "
+                             "cryptography's Fernet.generate_key() - at `$.secret_key`")
+        if not all(_is_network(part) for part in self.trusted_proxies.split(",") if part.strip()):
+            raise ValueError("expected comma-separated IP addresses or CIDRs - at `$.trusted_proxies`")
+        if not self.metrics_token and not _is_loopback(self.host):
+            raise ValueError("must be set when QUARRY_HOST is not a loopback address (/metrics would be "
+                             "public) - at `$.metrics_token`")
+
+    def __repr__(self) -> str:
+        """Every field, credentials masked: settings end up in logs and error reports."""
+        return f"Settings({', '.join(f'{name}={value!r}' for name, value in self.__rich_repr__())})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        return [(name, _masked(name, getattr(self, name))) for name in self.__struct_fields__]
 
     @property
     def data_path(self) -> Path:
@@ -228,6 +256,68 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     @property
     def replica_urls(self) -> list[str]:
         return [u.strip() for u in self.database_replica_urls.split(",") if u.strip()]
+
+
+_SECRET_FIELDS = frozenset({"app_db_password", "openai_api_key", "llm_api_key", "sentry_dsn", "metrics_token",
+                            "secret_key"})
+_URL_FIELDS = frozenset({"database_url", "database_replica_urls", "redis_url"})
+_QUERY_PASSWORD = re.compile(r"(?i)(password=)[^&\s]*")
+
+
+def mask_url_credentials(text: str) -> str:
+    """`scheme://user:pass@host` -> `scheme://user:********@host` for every URL in `text` (and
+    `password=` query values). Linear: each `://` is followed by one scan up to the next `/`."""
+    out, start = [], 0
+    while (found := text.find("://", start)) != -1:
+        head = found + 3
+        end = head
+        while end < len(text) and text[end] not in "/?# \t\r\n,":
+            end += 1
+        userinfo, at, _host = text[head:end].rpartition("@")
+        out.append(text[start:head])
+        if at:
+            user, colon, _password = userinfo.partition(":")
+            out.append(f"{user}:********@" if colon else "********@")
+            out.append(text[head + len(userinfo) + 1:end])
+        else:
+            out.append(text[head:end])
+        start = end
+    out.append(text[start:])
+    return _QUERY_PASSWORD.sub(r"\1********", "".join(out))
+
+
+def _masked(name: str, value: Any) -> Any:
+    if not value:
+        return value
+    if name in _SECRET_FIELDS:
+        return "********"
+    if name in _URL_FIELDS and isinstance(value, str):
+        return mask_url_credentials(value)
+    return value
+
+
+def _is_fernet_key(text: str) -> bool:
+    try:
+        return len(base64.urlsafe_b64decode(text.strip().encode("ascii"))) == 32
+    except (ValueError, UnicodeEncodeError):
+        return False
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text.strip(), strict=False)
+    except ValueError:
+        return False
+    return True
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def env_name(field: str) -> str:

@@ -15,8 +15,9 @@ from uuid import UUID
 import asyncpg
 import msgspec
 
-from api.sources.service import check_config, check_schedule, merge_secrets, source_out
+from api.sources.service import SEALED_FIELDS, check_schedule, source_out, stored_config
 from core.errors import NotFound
+from core.secrets import SecretError, is_sealed, secret_box, shown_value
 from core.settings import Settings
 from storage.db import create_pool
 from storage.repositories import sources, sync_runs
@@ -56,6 +57,8 @@ def add_parsers(sub: Any) -> None:
     sync = command("sync", "run a sync now (queued for Dagster; --inline runs it here)")
     sync.add_argument("--inline", action="store_true", help="run in this process and print the run")
     command("runs", "recent sync runs")
+    actions.add_parser("rotate-secrets", help="re-encrypt every source's stored credentials with the first "
+                                              "key of QUARRY_SECRET_KEY (all tenants; docs/syncs.md)")
 
     backfill = sub.add_parser("backfill", help="re-embed a collection with another embedder, then switch")
     backfill.add_argument("--tenant", required=True)
@@ -106,7 +109,45 @@ def _config(text: str) -> dict[str, Any]:
     return value
 
 
+async def rotate_secrets(settings: Settings, admin_url: str) -> dict[str, int]:
+    """Every sealed credential re-encrypted with the first key; plaintext ones (written by
+    earlier versions) sealed; ones none of the keys opens are counted and left alone (their
+    sources fail to sync until the secret is set again). One transaction, the migration role."""
+    box = secret_box(settings)
+    if box is None:
+        raise SystemExit("quarry: QUARRY_SECRET_KEY is not set")
+    counts = {"sources": 0, "secrets": 0, "undecryptable": 0}
+    pool = await create_pool(admin_url, min_size=1, max_size=1)  # the owner role: every tenant's sources
+    try:
+        async with pool.acquire() as conn, conn.transaction():
+            for source_id, config in await sources.configs_with_fields(conn, sorted(SEALED_FIELDS)):
+                changed = dict(config)
+                for name in SEALED_FIELDS & config.keys():
+                    value = config[name]
+                    if is_sealed(value):
+                        try:
+                            changed[name] = box.reseal(value)
+                        except SecretError:  # sealed with a key no longer configured: left as it is
+                            counts["undecryptable"] += 1
+                            continue
+                    elif isinstance(value, str) and value:
+                        changed[name] = box.seal(value, shown_value(value))
+                    else:
+                        continue
+                    counts["secrets"] += 1
+                if changed != config:
+                    await sources.replace_config(conn, source_id, changed)
+                    counts["sources"] += 1
+    finally:
+        await pool.close()
+    return counts
+
+
 async def run(settings: Settings, admin_url: str, args: argparse.Namespace) -> int:
+    if args.action == "rotate-secrets":
+        counts = await rotate_secrets(settings, admin_url)
+        _print(counts)
+        return 1 if counts["undecryptable"] else 0
     pool = await create_pool(with_credentials(admin_url, settings.app_db_user, settings.app_db_password),
                              min_size=1, max_size=3)
     try:
@@ -133,7 +174,7 @@ async def _sources(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, args
         if action == "create":
             created = await sources.create_source(
                 conn, tenant_id=tenant_id, collection_id=await _collection_id(conn, args.collection), name=args.name,
-                kind=args.kind, config=check_config(args.kind, _config(args.config), settings, tenant_id),
+                kind=args.kind, config=stored_config(args.kind, _config(args.config), settings, tenant_id),
                 schedule=check_schedule(args.schedule), enabled=not args.disabled,
             )
             _print(source_out(created, None))
@@ -148,8 +189,8 @@ async def _sources(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, args
             if action == "update" and args.schedule:
                 changes["schedule"] = None if args.schedule == "none" else check_schedule(args.schedule)
             if action == "update" and args.config:
-                changes["config"] = check_config(source.kind, merge_secrets(_config(args.config), source.config),
-                                                 settings, tenant_id)
+                changes["config"] = stored_config(source.kind, _config(args.config), settings, tenant_id,
+                                                  source.config)
             _print(source_out(await sources.update_source(conn, source.id, changes), None))
             return 0
         if action == "delete":

@@ -34,6 +34,7 @@ from uuid import UUID
 import asyncpg
 
 from core.errors import Conflict, QuarryError
+from core.secrets import SecretError, open_config, secret_box
 from core.settings import Settings
 from rag.chunking import TokenOffsets
 from rag.connectors import (
@@ -151,9 +152,9 @@ class _Run:
             async with tenant_tx(pool, self.tenant_id, readonly=True) as conn:
                 self.embedder = await self.deps.embedders.get(conn, collection.active_embedder)
             s = self.deps.settings
-            connector = make_connector(
-                source.kind, source.config, tenant_id=self.tenant_id, policy=net_policy(s),
-                folder_roots=folder_roots(s), max_item_bytes=s.connector_max_item_bytes,
+            connector = make_connector(  # the one place a source's credentials are decrypted
+                source.kind, open_config(source.config, secret_box(s)), tenant_id=self.tenant_id,
+                policy=net_policy(s), folder_roots=folder_roots(s), max_item_bytes=s.connector_max_item_bytes,
                 timeout_s=s.connector_timeout_s, user_agent=s.connector_user_agent,
             )
             cursors = {uri: doc.source_cursor for uri, doc in known.items()
@@ -180,7 +181,7 @@ class _Run:
             self.errors.insert(0, {"error": f"the run took longer than QUARRY_SYNC_MAX_RUNTIME_S "
                                             f"({self.deps.settings.sync_max_runtime_s:g} s) and was stopped; "
                                             "the next run continues where it stopped"})
-        except (ConnectorError, ConfigError, UnknownEmbedder) as exc:
+        except (ConnectorError, ConfigError, UnknownEmbedder, SecretError) as exc:
             self.errors.insert(0, {"error": str(exc)})
         except (asyncio.CancelledError, KeyboardInterrupt):
             status = "canceled"

@@ -26,7 +26,7 @@ from storage.repositories import sources, sync_runs
 from storage.tenancy import tenant_tx
 
 from .schemas import CreateSource, SourceOut, SourcePage, SyncRequested, SyncRunPage, UpdateSource
-from .service import check_config, check_schedule, merge_secrets, source_out
+from .service import check_schedule, source_out, stored_config
 
 AnyRequest = Request[Principal, UUID, State]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
@@ -43,7 +43,7 @@ class SourceController(Controller):
         """Create a data source (folder, website or S3) syncing into a collection."""
         schedule = check_schedule(data.schedule)
         tenant_id = request.user.tenant_id
-        config = check_config(data.kind, data.config, settings, tenant_id)
+        config = stored_config(data.kind, data.config, settings, tenant_id)
         async with tenant_tx(pool, tenant_id) as conn:
             source = await sources.create_source(
                 conn, tenant_id=tenant_id, collection_id=data.collection_id, name=data.name, kind=data.kind,
@@ -89,8 +89,8 @@ class SourceController(Controller):
         async with tenant_tx(pool, request.user.tenant_id) as conn:
             current = await sources.get_source(conn, source_id, for_update=True)
             if isinstance(data.config, dict):
-                changes["config"] = check_config(current.kind, merge_secrets(data.config, current.config), settings,
-                                                 request.user.tenant_id)
+                changes["config"] = stored_config(current.kind, data.config, settings, request.user.tenant_id,
+                                                  current.config)
             source = await sources.update_source(conn, source_id, changes)
             latest = await sync_runs.latest_runs(conn, [source_id])
         return source_out(source, latest.get(source_id))

@@ -27,7 +27,7 @@ class UpdateSource(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     name: SourceName | msgspec.UnsetType = msgspec.UNSET
     collection_id: UUID | msgspec.UnsetType = msgspec.UNSET
     config: dict[str, Any] | msgspec.UnsetType = msgspec.UNSET
-    """The whole config; a masked secret ("****...") keeps the stored one."""
+    """The whole config; a credential sent back masked (as GET shows it) keeps the stored one."""
     schedule: Cron | msgspec.UnsetType | None = msgspec.UNSET
     enabled: bool | msgspec.UnsetType = msgspec.UNSET
 
@@ -38,7 +38,7 @@ class SourceOut(msgspec.Struct, kw_only=True):
     kind: Kind
     collection_id: UUID
     config: dict[str, Any]
-    """Secrets are masked."""
+    """Credentials are masked: `secret_access_key` as "********", `access_key_id` as "AKIA…XYZ"."""
     schedule: str | None
     enabled: bool
     next_run_at: datetime | None

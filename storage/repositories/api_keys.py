@@ -3,11 +3,14 @@
 A key looks like ``qk_<8 chars>_<43 chars>``; the first 11 characters (``qk_`` and the
 8-character id) are the prefix kept in clear for listings and `quarry keys revoke PREFIX`.
 Keys carry 256 bits of randomness, so a fast hash is enough: there is nothing to brute-force.
+`is_well_formed` checks that exact shape (55 characters) with no I/O, so the API refuses any
+other bearer before it touches Redis or Postgres.
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
 import secrets
 import string
 from uuid import UUID
@@ -18,19 +21,27 @@ from core.errors import NotFound
 from storage.models import ApiKey, Principal, Role
 from storage.repositories._rows import to_struct, to_structs
 
-__all__ = ["create_key", "generate_key", "hash_key", "list_keys", "principal_for_key",
-           "revoke_key", "revoke_key_by_prefix"]
+__all__ = ["KEY_LENGTH", "create_key", "generate_key", "hash_key", "is_well_formed", "list_keys",
+           "principal_for_key", "revoke_key", "revoke_key_by_prefix"]
 
 _ALPHABET = string.ascii_letters + string.digits
 _PREFIX_LEN = 11
+_SECRET_BYTES = 32  # token_urlsafe(32): 43 characters of the URL-safe base64 alphabet
+KEY_LENGTH = len("qk_") + 8 + 1 + 43
+_SHAPE = re.compile(r"qk_[A-Za-z0-9]{8}_[A-Za-z0-9_-]{43}")
 _COLUMNS = "id, tenant_id, user_id, name, prefix, role, created_at, expires_at, revoked_at"
 
 
 def generate_key() -> tuple[str, str]:
     """(full key, prefix)."""
     ident = "".join(secrets.choice(_ALPHABET) for _ in range(8))
-    key = f"qk_{ident}_{secrets.token_urlsafe(32)}"
+    key = f"qk_{ident}_{secrets.token_urlsafe(_SECRET_BYTES)}"
     return key, key[:_PREFIX_LEN]
+
+
+def is_well_formed(key: str) -> bool:
+    """Could `generate_key` have produced this string? (Length first: the regex never sees more.)"""
+    return len(key) == KEY_LENGTH and _SHAPE.fullmatch(key) is not None
 
 
 def hash_key(key: str) -> bytes:

@@ -14,8 +14,8 @@ from core.errors import Conflict, NotFound, Unprocessable
 from storage.repositories._rows import to_struct, to_structs
 
 __all__ = [
-    "ScheduledSource", "Source", "SourceKind", "create_source", "delete_source", "get_source", "list_sources",
-    "lock_key", "scheduled_sources", "set_cursor", "update_source",
+    "ScheduledSource", "Source", "SourceKind", "configs_with_fields", "create_source", "delete_source", "get_source",
+    "list_sources", "lock_key", "replace_config", "scheduled_sources", "set_cursor", "update_source",
 ]
 
 SourceKind = Literal["folder", "website", "s3"]
@@ -161,3 +161,16 @@ async def scheduled_sources(conn: asyncpg.Connection) -> list[ScheduledSource]:
            FROM sources s JOIN tenants t ON t.id = s.tenant_id ORDER BY s.id"""
     )
     return to_structs(rows, ScheduledSource)
+
+
+async def configs_with_fields(owner_conn: asyncpg.Connection, fields: list[str]) -> list[tuple[UUID, dict[str, Any]]]:
+    """(id, config) of every source, of every tenant, whose config has any of `fields`, locked
+    for update (the migration role, in a transaction: `quarry sources rotate-secrets`)."""
+    rows = await owner_conn.fetch("SELECT id, config FROM sources WHERE config ?| $1::text[] ORDER BY id FOR UPDATE",
+                                  fields)
+    return [(r["id"], r["config"]) for r in rows]
+
+
+async def replace_config(owner_conn: asyncpg.Connection, source_id: UUID, config: dict[str, Any]) -> None:
+    """A new config without touching updated_at (a re-encryption changes nothing a user set)."""
+    await owner_conn.execute("UPDATE sources SET config = $2 WHERE id = $1", source_id, config)

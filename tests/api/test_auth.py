@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import hashlib
+import uuid
+from contextlib import asynccontextmanager
 
+import httpx
+import msgspec
 import pytest
+from redis.asyncio import Redis
 
+from api.app import create_app
+from api.auth import client_address, parse_proxies
 from api.pagination import encode_cursor
+from storage.caches.guard import RedisGuard
+from storage.caches.principals import NEGATIVE_TTL_S, PrincipalCache
+from storage.repositories.api_keys import generate_key
 from tests.api.helpers import assert_problem, bearer, create_key
 
 UNKNOWN_KEY = "qk_AAAAAAAA_" + "A" * 43
@@ -197,3 +207,191 @@ async def test_users_create_conflict_and_pagination(client, make_tenant):
     for bad in ["!!!", encode_cursor(["x"]), encode_cursor([1, 2])]:
         r = await client.get("/v1/admin/users", params={"cursor": bad}, headers=t.headers)
         assert_problem(r, 400)
+
+
+# --- refusing is cheap (issue 13) -------------------------------------------------------------
+
+
+
+MALFORMED = [
+    "qk_AAAAAAAA_" + "A" * 42,  # one short
+    "qk_AAAAAAAA_" + "A" * 44,  # one long
+    "qk_AAAA!AAA_" + "A" * 43,  # outside the id alphabet
+    "qk_AAAAAAAA_" + "A" * 42 + "+",  # outside the URL-safe alphabet
+    "qk_AAAAAAAA-" + "A" * 43,
+    "QK_AAAAAAAA_" + "A" * 43,
+    "sk_AAAAAAAA_" + "A" * 43,
+    "qk_AAAAAAAA_" + "A" * 42 + "\u00e9",
+    "not-a-quarry-key",
+]
+
+
+def _unknown_key() -> str:
+    return generate_key()[0]  # well-formed, and certainly not stored
+
+
+@asynccontextmanager
+async def _app(settings):
+    """The app on the test's loop (lifespan included) and a factory of clients, each with its own
+    socket peer address, as if requests came from different machines."""
+    app = create_app(settings)
+    clients: list[httpx.AsyncClient] = []
+
+    def client_from(peer: str) -> httpx.AsyncClient:
+        c = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, client=(peer, 40000)),
+                              base_url="http://testserver.local")
+        clients.append(c)
+        return c
+
+    async with app.lifespan():
+        try:
+            yield app, client_from
+        finally:
+            for c in clients:
+                await c.aclose()
+
+
+def _peer() -> str:
+    """A fresh documentation address per test, so counters of earlier runs never interfere."""
+    n = uuid.uuid4().int
+    return f"198.51.{n % 250}.{(n >> 8) % 250 + 1}"
+
+
+def _count_lookups(monkeypatch) -> dict[str, int]:
+    """Counts every Redis call (through the guard) and every Postgres key lookup."""
+    counts = {"redis": 0, "postgres": 0}
+    real_call, real_fetch = RedisGuard.call, PrincipalCache.fetch
+
+    async def call(self, fn):
+        counts["redis"] += 1
+        return await real_call(self, fn)
+
+    async def fetch(self, key):
+        counts["postgres"] += 1
+        return await real_fetch(self, key)
+
+    monkeypatch.setattr(RedisGuard, "call", call)
+    monkeypatch.setattr(PrincipalCache, "fetch", fetch)
+    return counts
+
+
+async def test_malformed_bearers_touch_neither_redis_nor_postgres(settings, monkeypatch):
+    async with _app(settings) as (_, client_from):
+        client = client_from(_peer())
+        counts = _count_lookups(monkeypatch)
+        for key in MALFORMED:
+            r = await client.get("/v1/me", headers={"Authorization": f"Bearer {key}".encode("latin-1")})
+            assert_problem(r, 401)
+            assert r.headers["www-authenticate"].startswith("Bearer")
+        assert counts == {"redis": 0, "postgres": 0}
+        # The counters do see a well-formed key's lookup (so the zero above means something).
+        assert_problem(await client.get("/v1/me", headers=bearer(_unknown_key())), 401)
+        assert counts["postgres"] == 1 and counts["redis"] >= 1
+
+
+async def test_malformed_bearers_get_401_even_with_redis_and_postgres_down(settings, monkeypatch):
+    async with _app(settings) as (app, client_from):
+        client = client_from(_peer())
+
+        async def broken(*_args, **_kwargs):
+            raise AssertionError("no I/O may happen for a malformed key")
+
+        monkeypatch.setattr(RedisGuard, "call", broken)
+        monkeypatch.setattr(PrincipalCache, "fetch", broken)
+        monkeypatch.setattr(app.state.pool, "acquire", broken)
+        for key in MALFORMED:
+            assert_problem(await client.get("/v1/me", headers={"Authorization": f"Bearer {key}".encode("latin-1")}),
+                           401)
+
+
+async def test_unknown_keys_are_remembered_across_processes(settings, monkeypatch, make_tenant):
+    """Two app instances stand for two API processes: a miss found by one is a Redis hit for the
+    other, and a key created afterwards works at once everywhere."""
+    tenant = await make_tenant()
+    peer = _peer()
+    async with _app(settings) as (_, one_from), _app(settings) as (_, two_from):
+        one, two = one_from(peer), two_from(peer)
+        counts = _count_lookups(monkeypatch)
+        unknown = bearer(_unknown_key())
+        assert_problem(await one.get("/v1/me", headers=unknown), 401)
+        assert counts["postgres"] == 1
+        assert_problem(await two.get("/v1/me", headers=unknown), 401)  # the other process: from Redis
+        assert_problem(await one.get("/v1/me", headers=unknown), 401)  # this one: from its local tier
+        assert counts["postgres"] == 1
+        redis = Redis.from_url(settings.redis_url)
+        try:
+            digest = hashlib.sha256(unknown["Authorization"][7:].encode()).hexdigest()
+            ttl = await redis.ttl(f"quarry:cache:principal:{digest}")
+        finally:
+            await redis.aclose()
+        assert 0 < ttl <= NEGATIVE_TTL_S
+        new = await create_key(one, tenant.headers, "reader")
+        for c in (one, two):
+            assert (await c.get("/v1/me", headers=bearer(new["key"]))).status_code == 200
+
+
+async def test_repeated_failures_from_one_address_get_429_before_any_lookup(settings, monkeypatch, make_tenant):
+    tenant = await make_tenant()
+    limited = msgspec.structs.replace(settings, auth_failures_per_minute=3, trusted_proxies="10.0.0.0/8",
+                                      redis_timeout_ms=3000)
+    attacker, neighbour = _peer(), _peer()
+    async with _app(limited) as (_, one_from), _app(limited) as (_, two_from):
+        via_proxy = one_from("10.1.2.3")
+        valid = (await create_key(via_proxy, tenant.headers, "reader"))["key"]
+        assert (await via_proxy.get("/v1/me", headers=bearer(valid) | {"X-Forwarded-For": attacker})).status_code == 200
+        counts = _count_lookups(monkeypatch)
+        for _ in range(3):
+            r = await via_proxy.get("/v1/me", headers=bearer(_unknown_key()) | {"X-Forwarded-For": attacker})
+            assert_problem(r, 401)
+        assert counts["postgres"] == 3
+        refused = await via_proxy.get("/v1/me", headers=bearer(_unknown_key()) | {"X-Forwarded-For": attacker})
+        body = assert_problem(refused, 429)
+        assert body["scope"] == "address" and 1 <= int(refused.headers["retry-after"]) <= 60
+        assert counts["postgres"] == 3  # refused before the lookup
+        redis_calls = counts["redis"]
+        again = await via_proxy.get("/v1/me", headers=bearer(_unknown_key()) | {"X-Forwarded-For": attacker})
+        assert_problem(again, 429)
+        assert counts["redis"] == redis_calls  # this process remembers the block: no Redis call either
+        # Another process knows too (Redis), and also refuses without a lookup.
+        other = two_from("10.9.9.9")
+        assert_problem(await other.get("/v1/me", headers=bearer(_unknown_key()) | {"X-Forwarded-For": attacker}), 429)
+        assert counts["postgres"] == 3
+        # A key this process already holds still works from that address (no lookup needed).
+        assert (await via_proxy.get("/v1/me", headers=bearer(valid) | {"X-Forwarded-For": attacker})).status_code == 200
+        # Another client behind the same proxy is not affected.
+        r = await via_proxy.get("/v1/me", headers=bearer(_unknown_key()) | {"X-Forwarded-For": neighbour})
+        assert_problem(r, 401)
+        # X-Forwarded-For from a peer that is not a trusted proxy is ignored: it cannot frame the
+        # attacker's address, nor escape its own count.
+        direct = one_from(neighbour)
+        assert_problem(await direct.get("/v1/me", headers=bearer(_unknown_key()) | {"X-Forwarded-For": attacker}), 401)
+        # Malformed keys are still refused with 401 at no cost (they never reach the counter).
+        assert_problem(await via_proxy.get("/v1/me", headers=bearer("qk_short") | {"X-Forwarded-For": attacker}), 401)
+
+
+@pytest.mark.parametrize(("peer", "forwarded", "trusted", "expected"), [
+    ("203.0.113.5", None, "", "203.0.113.5"),
+    ("203.0.113.5", "198.51.100.1", "", "203.0.113.5"),  # no trusted proxy: the header is ignored
+    ("10.0.0.2", "198.51.100.1", "10.0.0.0/8", "198.51.100.1"),
+    ("10.0.0.2", "6.6.6.6, 198.51.100.1, 10.0.0.7", "10.0.0.0/8", "198.51.100.1"),  # spoofed left part ignored
+    ("10.0.0.2", "garbage, 10.0.0.9", "10.0.0.0/8", "10.0.0.9"),
+    ("10.0.0.2", None, "10.0.0.0/8", "10.0.0.2"),
+    ("10.0.0.2", "6.6.6.6," * 2000 + " 198.51.100.1", "10.0.0.0/8", "198.51.100.1"),  # padding cannot push it out
+    ("2001:db8:1:2:3:4:5:6", None, "", "2001:db8:1:2::/64"),  # IPv6: per /64
+    ("::ffff:203.0.113.5", None, "", "203.0.113.5"),
+    ("testclient", None, "", "unknown"),
+])
+def test_client_address(peer, forwarded, trusted, expected):
+    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+    assert client_address({"client": (peer, 1), "headers": headers}, parse_proxies(trusted)) == expected
+
+
+async def test_a_flood_of_unknown_keys_costs_postgres_one_query_per_key(settings, monkeypatch):
+    """The same wrong key again and again: one Postgres query, then the remembered miss."""
+    async with _app(msgspec.structs.replace(settings, auth_failures_per_minute=0)) as (_, client_from):
+        client = client_from(_peer())
+        counts = _count_lookups(monkeypatch)
+        key = bearer(_unknown_key())
+        for _ in range(20):
+            assert_problem(await client.get("/v1/me", headers=key), 401)
+        assert counts["postgres"] == 1

@@ -7,9 +7,13 @@ from pathlib import Path
 
 import msgspec
 import pytest
+from cryptography.fernet import Fernet
 
+from core.secrets import SecretBox, open_config
 from tests.api.helpers import assert_problem, bearer, create_key
 from tests.ingest_helpers import new_collection
+
+SECRET_KEY = Fernet.generate_key().decode()
 
 
 @pytest.fixture
@@ -29,7 +33,7 @@ def tenant_folder(roots: Path, tenant) -> Path:
 @pytest.fixture
 async def api(app_client, settings, roots):
     custom = msgspec.structs.replace(settings, connector_folder_roots=str(roots),
-                                     connector_allow_private="127.0.0.1:9")
+                                     connector_allow_private="127.0.0.1:9", secret_key=SECRET_KEY)
     async with app_client(custom) as client:
         yield client
 
@@ -138,27 +142,103 @@ async def test_unknown_collection_and_kind(api, make_tenant, roots):
     assert_problem(r, 422)
 
 
-async def test_s3_secret_is_masked_and_kept(api, make_tenant, owner_pool):
+KEY_ID = "AKIAIOSFODNN7EXAMPLE"
+SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
+
+
+async def _raw_config(owner_pool, source_id) -> str:
+    async with owner_pool.acquire() as conn:
+        return await conn.fetchval("SELECT config::text FROM sources WHERE id = $1", source_id)
+
+
+async def test_s3_credentials_are_encrypted_at_rest_and_masked(api, make_tenant, owner_pool):
     tenant = await make_tenant()
     collection_id = await new_collection(api, tenant.headers)
-    secret = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
     r = await api.post("/v1/sources", json={
         "name": "bucket", "kind": "s3", "collection_id": collection_id,
-        "config": {"bucket": "docs", "access_key_id": "AKIAEXAMPLE", "secret_access_key": secret}},
+        "config": {"bucket": "docs", "access_key_id": KEY_ID, "secret_access_key": SECRET}},
         headers=tenant.headers)
     assert r.status_code == 201, r.text
-    assert secret not in r.text and r.json()["config"]["secret_access_key"] == "****" + secret[-4:]
-    sid = r.json()["id"]
-    listed = await api.get("/v1/sources", headers=tenant.headers)
-    assert secret not in listed.text
-    # PATCH with the masked value as shown by GET keeps the stored secret.
     shown = r.json()["config"]
-    r = await api.patch(f"/v1/sources/{sid}", json={"config": {**shown, "prefix": "handbook/"}},
-                        headers=tenant.headers)
-    assert r.status_code == 200, r.text and secret not in r.text
+    assert shown["secret_access_key"] == "********" and shown["access_key_id"] == "AKIA\u2026PLE"
+    sid = r.json()["id"]
+    reader = bearer((await create_key(api, tenant.headers, "reader"))["key"])
+    answers = [r, await api.get("/v1/sources", headers=reader), await api.get(f"/v1/sources/{sid}", headers=reader)]
+    # PATCH with the config as GET shows it keeps both stored credentials.
+    r = await api.patch(f"/v1/sources/{sid}", json={"config": {**shown, "prefix": "handbook/"}}, headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    answers.append(r)
+    for answer in answers:
+        assert SECRET not in answer.text and KEY_ID not in answer.text and SECRET[-4:] not in answer.text
+    # At rest: neither the secret nor the key id is in the row, only Fernet tokens...
+    raw = await _raw_config(owner_pool, sid)
+    assert SECRET not in raw and KEY_ID not in raw and SECRET[-4:] not in raw and '"fernet"' in raw
+    # ...which open, with the key, to exactly what was sent (and what the connector will get).
     async with owner_pool.acquire() as conn:
-        stored = await conn.fetchval("SELECT config FROM sources WHERE id = $1", r.json()["id"])
-    assert stored["secret_access_key"] == secret and stored["prefix"] == "handbook/"
+        stored = await conn.fetchval("SELECT config FROM sources WHERE id = $1", sid)
+    opened = open_config(stored, SecretBox(SECRET_KEY))
+    assert (opened["access_key_id"], opened["secret_access_key"], opened["prefix"]) == (KEY_ID, SECRET, "handbook/")
+    # A new secret replaces the stored one; the key id sent masked is kept.
+    r = await api.patch(f"/v1/sources/{sid}", json={"config": {**shown, "secret_access_key": "n" * 40}},
+                        headers=tenant.headers)
+    assert r.status_code == 200, r.text
+    async with owner_pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT config FROM sources WHERE id = $1", sid)
+    opened = open_config(stored, SecretBox(SECRET_KEY))
+    assert (opened["access_key_id"], opened["secret_access_key"]) == (KEY_ID, "n" * 40)
+
+
+async def test_a_sealed_value_cannot_be_smuggled_in(api, make_tenant):
+    """Only strings are accepted for credentials: a client cannot store a token of its choosing
+    (say, one copied from another source) for the sync to decrypt."""
+    tenant = await make_tenant()
+    collection_id = await new_collection(api, tenant.headers)
+    sealed = SecretBox(SECRET_KEY).seal("stolen")
+    r = await api.post("/v1/sources", json={
+        "name": "b", "kind": "s3", "collection_id": collection_id,
+        "config": {"bucket": "docs", "access_key_id": KEY_ID, "secret_access_key": sealed}}, headers=tenant.headers)
+    assert assert_problem(r, 422)["errors"][0]["key"] == "config.secret_access_key"
+
+
+async def test_without_a_secret_key_credentials_are_refused(app_client, settings, make_tenant, owner_pool):
+    tenant = await make_tenant()
+    async with app_client(msgspec.structs.replace(settings, secret_key="")) as client:
+        collection_id = await new_collection(client, tenant.headers)
+        r = await client.post("/v1/sources", json={
+            "name": "creds", "kind": "s3", "collection_id": collection_id,
+            "config": {"bucket": "docs", "access_key_id": KEY_ID, "secret_access_key": SECRET}},
+            headers=tenant.headers)
+        body = assert_problem(r, 422)
+        assert "QUARRY_SECRET_KEY" in body["detail"] and SECRET not in r.text and KEY_ID not in r.text
+        async with owner_pool.acquire() as conn:
+            assert await conn.fetchval("SELECT count(*) FROM sources WHERE tenant_id = $1", tenant.id) == 0
+        # A public bucket needs no credentials, and so no key.
+        r = await client.post("/v1/sources", json={"name": "public", "kind": "s3", "collection_id": collection_id,
+                                                   "config": {"bucket": "docs"}}, headers=tenant.headers)
+        assert r.status_code == 201, r.text
+
+
+async def test_rotation_re_encrypts_with_the_first_key(api, make_tenant, owner_pool, settings, admin_url):
+    from ops.sources import rotate_secrets
+
+    tenant = await make_tenant()
+    collection_id = await new_collection(api, tenant.headers)
+    r = await api.post("/v1/sources", json={
+        "name": "rot", "kind": "s3", "collection_id": collection_id,
+        "config": {"bucket": "docs", "access_key_id": KEY_ID, "secret_access_key": SECRET}}, headers=tenant.headers)
+    sid = r.json()["id"]
+    before = await _raw_config(owner_pool, sid)
+    new_key = Fernet.generate_key().decode()
+    rotated = msgspec.structs.replace(settings, secret_key=f"{new_key},{SECRET_KEY}")
+    counts = await rotate_secrets(rotated, admin_url)
+    assert counts["sources"] >= 1 and counts["secrets"] >= 2
+    after = await _raw_config(owner_pool, sid)
+    assert after != before and SECRET not in after
+    async with owner_pool.acquire() as conn:
+        stored = await conn.fetchval("SELECT config FROM sources WHERE id = $1", sid)
+    assert open_config(stored, SecretBox(new_key))["secret_access_key"] == SECRET  # the old key can go now
+    with pytest.raises(ValueError, match="cannot be decrypted"):
+        open_config(stored, SecretBox(SECRET_KEY))
 
 
 async def test_roles_and_tenant_isolation(api, make_tenant, roots):

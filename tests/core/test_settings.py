@@ -27,6 +27,7 @@ def test_dotenv_is_read_and_environment_wins(tmp_path):
         "# a comment\n\n"
         "QUARRY_PORT=9001\n"
         "export QUARRY_HOST='0.0.0.0'\n"
+        "QUARRY_METRICS_TOKEN=scrape-me\n"
         'QUARRY_LOG_LEVEL="debug"\n'
         "DATABASE_URL=postgresql://from-dotenv/db\n"
     )
@@ -64,6 +65,9 @@ def test_overrides_win(tmp_path):
         ({"QUARRY_LOG_LEVEL": "loud"}, "QUARRY_LOG_LEVEL"),
         ({"QUARRY_DB_POOL_MIN": "5", "QUARRY_DB_POOL_MAX": "2"}, "QUARRY_DB_POOL_MIN"),
         ({"QUARRY_DAGSTER": "maybe"}, "QUARRY_DAGSTER"),
+        ({"QUARRY_TRUSTED_PROXIES": "10.0.0.0/8, not-an-ip"}, "QUARRY_TRUSTED_PROXIES"),
+        ({"QUARRY_SECRET_KEY": "too-short"}, "QUARRY_SECRET_KEY"),
+        ({"QUARRY_AUTH_FAILURES_PER_MINUTE": "-1"}, "QUARRY_AUTH_FAILURES_PER_MINUTE"),
     ],
 )
 def test_invalid_values_name_the_variable(env, name):
@@ -83,3 +87,63 @@ def test_invalid_value_in_dotenv_names_the_variable(tmp_path):
     dotenv.write_text("QUARRY_API_WORKERS=0\n")
     with pytest.raises(SettingsError, match="QUARRY_API_WORKERS"):
         load_settings(environ={}, dotenv=dotenv)
+
+
+SECRETS = {
+    "DATABASE_URL": "postgresql://quarry:pg-hunter2@db.internal/quarry?sslmode=require",
+    "DATABASE_REPLICA_URLS": "postgresql://quarry:replica-hunter2@r1/quarry,postgresql://q:replica2-pw@r2/quarry",
+    "REDIS_URL": "redis://:redis-hunter2@cache:6379/0",
+    "QUARRY_APP_DB_PASSWORD": "app-hunter2",
+    "QUARRY_OPENAI_API_KEY": "sk-openai-hunter2",
+    "QUARRY_LLM_API_KEY": "sk-llm-hunter2",
+    "SENTRY_DSN": "https://dsnpublickey123@o1.ingest.sentry.io/42",
+    "QUARRY_METRICS_TOKEN": "metrics-hunter2",
+    "QUARRY_SECRET_KEY": "c2VjcmV0LWtleS1odW50ZXIyLXRoaXJ0eS10d28tYnk=",  # 32 bytes, url-safe base64
+}
+SECRET_VALUES = ["pg-hunter2", "replica-hunter2", "replica2-pw", "redis-hunter2", "app-hunter2",
+                 "sk-openai-hunter2", "sk-llm-hunter2", "dsnpublickey123", "metrics-hunter2",
+                 "c2VjcmV0LWtleS1odW50ZXIyLXRoaXJ0eS10d28tYnk="]
+
+
+def test_repr_str_rich_and_logs_never_show_credentials(caplog):
+    import logging
+
+    from rich.pretty import pretty_repr
+
+    s = load_settings(environ=SECRETS, dotenv=None)
+    assert s.redis_url == SECRETS["REDIS_URL"] and s.llm_api_key == "sk-llm-hunter2"  # values themselves intact
+    caplog.set_level(logging.INFO)
+    logging.getLogger("quarry.test").info("settings: %s / %r", s, s)
+    shown = [repr(s), str(s), f"{s}", pretty_repr(s), caplog.text]
+    for text in shown:
+        for secret in SECRET_VALUES:
+            assert secret not in text, (secret, text)
+    # Still useful: hosts, users and the other fields are there.
+    assert "db.internal" in repr(s) and "quarry:********@" in repr(s) and "port=8000" in repr(s)
+    assert "llm_api_key='********'" in repr(s) and "cache:6379" in repr(s)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("postgresql://u:p@ss@h/db", "postgresql://u:********@h/db"),  # an unescaped @ in the password
+    ("see redis://:pw@h:1 and http://h/x?a=b@c", "see redis://:********@h:1 and http://h/x?a=b@c"),
+    ("postgresql://h/db?user=u&password=pw&x=1", "postgresql://h/db?user=u&password=********&x=1"),
+    ("https://token@github.com/x", "https://********@github.com/x"),
+    ("no url at all", "no url at all"),
+])
+def test_mask_url_credentials(text, expected):
+    from core.settings import mask_url_credentials
+
+    assert mask_url_credentials(text) == expected
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "api.example.com"])
+def test_public_bind_needs_a_metrics_token(host):
+    with pytest.raises(SettingsError) as info:
+        load_settings(environ={"QUARRY_HOST": host}, dotenv=None)
+    assert "QUARRY_METRICS_TOKEN" in str(info.value) and "\n" not in str(info.value)
+    assert load_settings(environ={"QUARRY_HOST": host, "QUARRY_METRICS_TOKEN": "t"}, dotenv=None).host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_bind_may_leave_metrics_public(host):
+    assert load_settings(environ={"QUARRY_HOST": host}, dotenv=None).metrics_token == ""

@@ -287,3 +287,28 @@ async def test_s3_listing_is_bounded(monkeypatch, pool, make_tenant, make_source
         deps = make_deps(msgspec.structs.replace(settings, connector_allow_private=f"127.0.0.1:{s3.port}"))
         run = (await sync_source(deps, tenant.id, source.id)).run
     assert run.status == "succeeded" and run.added == 2 and run.complete is False and run.deleted == 0
+async def test_s3_credentials_sealed_at_rest_are_opened_for_the_sync(s3_endpoint, bucket, pool, make_tenant,
+                                                                      make_source, make_deps, settings):
+    """Stored as the API stores them (sealed with QUARRY_SECRET_KEY): the sync decrypts them to
+    build the connector; without the key the run fails with a clear reason, and nothing leaks."""
+    from cryptography.fernet import Fernet
+
+    from api.sources.service import stored_config
+
+    url, port = s3_endpoint
+    client, name = bucket
+    client.put_object(Bucket=name, Key="handbook/sealed.txt", Body=b"Sealed credentials still open the bucket.")
+    keyed = msgspec.structs.replace(settings, connector_allow_private=f"127.0.0.1:{port}",
+                                    secret_key=Fernet.generate_key().decode())
+    tenant = await make_tenant()
+    config = stored_config("s3", {"bucket": name, "prefix": "handbook/", "endpoint_url": url,
+                                  "access_key_id": "AKIATEST", "secret_access_key": SECRET}, keyed, tenant.id)
+    assert SECRET not in msgspec.json.encode(config).decode()
+    source = await make_source(tenant.id, "s3", config)
+    run = (await sync_source(make_deps(keyed), tenant.id, source.id)).run
+    assert run.status == "succeeded", run.errors
+    assert run.added == 1
+    keyless = msgspec.structs.replace(keyed, secret_key="")
+    failed = (await sync_source(make_deps(keyless), tenant.id, source.id)).run
+    assert failed.status == "failed" and "QUARRY_SECRET_KEY" in failed.errors[0]["error"]
+    assert SECRET not in msgspec.json.encode(failed).decode()
