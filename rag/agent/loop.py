@@ -80,7 +80,12 @@ Answer only from the sources you found. After every statement, cite its source n
 square brackets, like [1] or [2][3]. If the documents do not contain the answer, say plainly \
 that you could not find it in the documents; never guess. Be concise."""
 
-_MARKER = re.compile(r"\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*)\]")
+# Regexes here run on client-supplied history: each unbounded run is possessive (`*+`, `++`) and
+# starts where nothing it could match precedes it, so none retries a run of blanks it already
+# read (the former `[ \t]+([.,;:!?])` was quadratic: 40,000 spaces took seconds).
+_MARKER = re.compile(r"\[(\d{1,4}(?:\s*[,;]\s*\d{1,4})*+)\]")
+_BLANKS_BEFORE_PUNCTUATION = re.compile(r"(?<![ \t])[ \t]++(?=[.,;:!?])")
+_BLANK_RUN = re.compile(r"[ \t]{2,}")
 _MAX_QUOTE = 400
 _encoder = msgspec.json.Encoder()
 
@@ -96,8 +101,8 @@ class AgentLimits:
 
 def strip_citations(text: str) -> str:
     """The text without its [n] markers (earlier turns' numbers mean nothing to a new run)."""
-    without = re.sub(r"[ \t]+([.,;:!?])", r"\1", _MARKER.sub("", text))
-    return re.sub(r"[ \t]{2,}", " ", without).strip()
+    without = _BLANKS_BEFORE_PUNCTUATION.sub("", _MARKER.sub("", text))
+    return _BLANK_RUN.sub(" ", without).strip()
 
 
 class Agent:
