@@ -193,6 +193,15 @@ CASES: dict[str, tuple[str, str]] = {
         assert matches(path, ["**/*.md", "?*" * 250], ["*a" * 249 + "c"])
         assert not matches(path, ["**/a" * 124 + "c"], [])
     """),
+    # --- other regexes on text from outside: upstream error bodies, config error messages ----------
+    "upstream-redact": ("from rag.upstream import redact", """
+        assert redact("sk-" * MB + " " * MB + "sk-" + "a" * MB + "!", None).endswith("sk-***!")
+    """),
+    "config-error-message": ("from rag.connectors.config import _field_of", """
+        name = (" - at `$" + "a" * 100) * 10_000
+        field, message = _field_of(f"Object contains unknown field `{name}` - at `$.config{name}`x")
+        assert field.startswith("config")
+    """),
 }
 
 
