@@ -8,7 +8,9 @@ time polynomial in the path with the number of stars as the exponent for `*a*a*a
 is the bits of an int), so matching costs one step per character of the path whatever the pattern,
 and steps already computed are kept per pattern (a lazily built DFA, bounded in size). The
 semantics are those of the regex translation this replaced: `**/` is `(?:.*/)?`, `**` is `.*`,
-`*` is `[^/]*`, `?` is `[^/]`, anything else is itself, and the whole path must match.
+`*` is `[^/]*`, `?` is `[^/]`, anything else is itself, and the whole path must match; except that
+`.` now matches a newline too (without re.S it did not, so `secret/**` failed to exclude a file
+named "a\nb" in secret/).
 """
 
 from __future__ import annotations
