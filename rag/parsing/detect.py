@@ -30,7 +30,9 @@ _KNOWN_UNSUPPORTED = {
     "application/msword": "legacy Word .doc files are not supported; save the document as .docx",
 }
 _OLE2 = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # legacy Office (.doc, .xls, .ppt)
-_HTML_START = re.compile(rb"\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)[\s>]", re.I | re.S)
+# ASCII whitespace, as `\s` in a bytes pattern; a single quantifier: one pass, no backtracking.
+_SPACE_RUN = re.compile(rb"[ \t\n\r\f\v]*")
+_TAG_END = (b" ", b"\t", b"\n", b"\r", b"\f", b"\v", b">")
 
 
 def detect_format(filename: str | None, content_type: str | None, head: bytes) -> str:
@@ -83,9 +85,50 @@ def _sniff(head: bytes) -> str | None:
     text = _as_text(head)
     if text is None:
         return None
-    if _HTML_START.match(text.lstrip("\ufeff").encode()):
+    if _starts_like_html(text.lstrip("\ufeff").encode()):
         return "html"
     return "txt"
+
+
+def _starts_like_html(data: bytes) -> bool:
+    r"""Whitespace and comments, then <!doctype html>, <html>, <head> or <body> (ASCII case-insensitive).
+
+    A scan with str.find, linear in the head: the regex it replaces,
+    `\s*(?:<!--.*?-->\s*)*<(?:!doctype\s+html|html|head|body)[\s>]`, backtracked exponentially
+    over a run of `<!---->`. It accepts exactly what that regex accepted: a comment may close at any
+    later `-->` (the lazy `.*?` gives up earlier ones), so every `-->` after the first `<!--` is a
+    candidate end, and the comments chained after it close at `-->`s that are candidates already.
+    """
+    data = data.lower()
+    start = _skip_spaces(data, 0)
+    if _html_tag_at(data, start):
+        return True
+    if not data.startswith(b"<!--", start):
+        return False
+    end = data.find(b"-->", start + 4)
+    while end != -1:
+        if _html_tag_at(data, _skip_spaces(data, end + 3)):
+            return True
+        end = data.find(b"-->", end + 1)
+    return False
+
+
+def _skip_spaces(data: bytes, pos: int) -> int:
+    match = _SPACE_RUN.match(data, pos)
+    return match.end() if match else pos
+
+
+def _html_tag_at(data: bytes, pos: int) -> bool:
+    if not data.startswith(b"<", pos):
+        return False
+    pos += 1
+    names: tuple[bytes, ...] = (b"html", b"head", b"body")
+    if data.startswith(b"!doctype", pos):
+        after = _skip_spaces(data, pos + 8)
+        if after == pos + 8:
+            return False
+        pos, names = after, (b"html",)
+    return any(data.startswith(name, pos) for name in names) and data[pos + 4:pos + 5] in _TAG_END
 
 
 def _as_text(head: bytes) -> str | None:

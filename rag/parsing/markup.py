@@ -31,7 +31,9 @@ _LINE_BLOCKS = frozenset({
 })
 _CELLS = frozenset({"td", "th"})
 _SPACES = re.compile(r"\s+")
-_META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9._:-]+)""", re.I)
+# What follows `charset` in a <meta> tag: `= "label`, blanks anywhere, the quote optional. Each blank
+# run is possessive and bounded by a character it cannot match: linear (see _declared_charset).
+_CHARSET_VALUE = re.compile(rb"""\s*+=\s*+(?:["']\s*+)?([A-Za-z0-9._:-]++)""")
 
 
 def decode_html(data: bytes) -> str:
@@ -41,16 +43,36 @@ def decode_html(data: bytes) -> str:
                           (codecs.BOM_UTF16_BE, "utf-16")):
         if data.startswith(bom):
             return data.decode(encoding, errors="replace")
-    declared = _META_CHARSET.search(data[:1024])
+    declared = _declared_charset(data[:1024])
     if declared:
         try:
-            return data.decode(codecs.lookup(declared.group(1).decode("ascii")).name, errors="replace")
+            return data.decode(codecs.lookup(declared.decode("ascii")).name, errors="replace")
         except LookupError:
             pass  # unknown charset label: fall through to UTF-8
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError:
         return data.decode("windows-1252", errors="replace")
+
+
+def _declared_charset(head: bytes) -> bytes | None:
+    """The label of the first <meta ... charset=label> (the last `charset` inside that tag that
+    has a value, as the regex `<meta[^>]+charset\\s*=\\s*["']?\\s*(label)` found it, re.I), by a
+    scan: that regex retried `[^>]+` and its three blank runs against each other, polynomially."""
+    lowered = head.lower()
+    tag = lowered.find(b"<meta")
+    while tag != -1:
+        end = lowered.find(b">", tag)
+        end = len(lowered) if end == -1 else end
+        name = lowered.rfind(b"charset", tag + 6, end)  # `[^>]+`: at least one character before it
+        while name != -1:
+            value = _CHARSET_VALUE.match(head, name + 7, end)
+            if value:
+                return value.group(1)
+            name = lowered.rfind(b"charset", tag + 6, name)
+        # a later <meta before `end` sees a part of this tag only: it cannot match either
+        tag = lowered.find(b"<meta", end)
+    return None
 
 
 def parse_html(html: str) -> ParsedDocument:

@@ -8,11 +8,13 @@ from rag.parsing.base import ParsedDocument, Section, finish
 
 __all__ = ["parse_markdown", "parse_plain"]
 
-# ATX heading: up to 3 spaces, 1-6 '#', then space or end of line; an optional closing '#' run.
-_ATX = re.compile(r"^ {0,3}(#{1,6})(?:[ \t]+(.*?))?(?:[ \t]+#+)?[ \t]*$")
+# Lines are read with str methods and regexes of one unbounded quantifier at a fixed start: a
+# line is untrusted and can be megabytes long. (The former `_ATX` regex, with a lazy `.*?` before
+# optional blank runs, was quadratic on a heading line padded with spaces.)
 _FENCE = re.compile(r"^ {0,3}(`{3,}|~{3,})")
 _FRONT_MATTER_LINE = re.compile(r"^(?:[A-Za-z0-9_-]+\s*:|\s|-\s|#|$)")
-_FRONT_MATTER_TITLE = re.compile(r"^title\s*:\s*(.+?)\s*$", re.I)
+_FRONT_MATTER_TITLE_KEY = re.compile(r"title\s*:", re.I)
+_BLANKS = " \t"
 
 
 def parse_plain(text: str) -> ParsedDocument:
@@ -29,25 +31,51 @@ def parse_markdown(text: str) -> ParsedDocument:
     body: list[str] = []
     fence: str | None = None
     for line in lines:
-        match = None
+        atx = None
         if fence is None:
             opening = _FENCE.match(line)
             if opening:
                 fence = opening.group(1)
             else:
-                match = _ATX.match(line)
+                atx = _atx_heading(line)
         elif line.strip().startswith(fence[0] * len(fence)) and not line.strip().strip(fence[0]):
             fence = None
-        if match is None:
+        if atx is None:
             body.append(line)
             continue
         sections.append(Section(text="\n".join(body), heading=heading))
-        heading = (match.group(2) or "").strip()
-        if title is None and len(match.group(1)) == 1 and heading:
+        level, heading = atx[0], atx[1].strip()
+        if title is None and level == 1 and heading:
             title = heading
         body = [heading]
     sections.append(Section(text="\n".join(body), heading=heading))
     return finish("md", title, sections)
+
+
+def _atx_heading(line: str) -> tuple[int, str] | None:
+    """(level, text) of an ATX heading line: up to 3 spaces, 1-6 '#', then a blank or the end of
+    the line; the text without the blanks around it nor an optional closing '#' run."""
+    rest = line.lstrip(" ")
+    if len(line) - len(rest) > 3:
+        return None
+    text = rest.lstrip("#")
+    level = len(rest) - len(text)
+    if not 1 <= level <= 6 or (text and text[0] not in _BLANKS):
+        return None
+    text = text.strip(_BLANKS)
+    unclosed = text.rstrip("#")
+    if unclosed != text and unclosed[-1:] in (" ", "\t"):  # the closing run follows a blank
+        text = unclosed.rstrip(_BLANKS)
+    return level, text
+
+
+def _front_matter_title(line: str) -> str | None:
+    """The value of a `title:` line, whitespace trimmed (a blank value stays one blank)."""
+    key = _FRONT_MATTER_TITLE_KEY.match(line)
+    if key is None or key.end() == len(line):
+        return None
+    value = line[key.end():]
+    return value.strip() or value[-1]
 
 
 def _front_matter(lines: list[str]) -> tuple[str | None, list[str]]:
@@ -62,6 +90,6 @@ def _front_matter(lines: list[str]) -> tuple[str | None, list[str]]:
     else:
         return None, lines
     title = next(
-        (m.group(1).strip("'\"") for m in map(_FRONT_MATTER_TITLE.match, lines[1:end]) if m), None
+        (value.strip("'\"") for value in map(_front_matter_title, lines[1:end]) if value is not None), None
     )
     return title or None, lines[end + 1:]
