@@ -66,7 +66,7 @@ CITATIONS = "from rag.agent import strip_citations"
 OFFLINE = """
 import asyncio
 import msgspec
-from rag.agent.protocol import TOOL_SPECS, SearchObservation, SourceView
+from rag.agent.protocol import TOOL_SPECS, SourceView, new_nonce, render_search
 from rag.llm.base import Message, ToolCall, collect
 from rag.llm.offline import OfflineProvider
 
@@ -75,9 +75,7 @@ def first_step(question):
     return [msgspec.json.decode(call.arguments)["query"] for call in completion.tool_calls]
 
 def answer(question, source_text):
-    observation = msgspec.json.encode(
-        SearchObservation(query="q", sources=[SourceView(n=1, title="doc", text=source_text)])
-    ).decode()
+    observation = render_search("q", [SourceView(n=1, title="doc", text=source_text)], new_nonce())
     call = ToolCall(id="call_1", name="search", arguments='{"query": "q"}')
     messages = [Message(role="user", content=question), Message(role="assistant", tool_calls=[call]),
                 Message(role="tool", tool_call_id="call_1", content=observation)]
