@@ -34,7 +34,7 @@ from api.shutdown import SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, Shutdown
 from core.errors import Unavailable
 from rag.agent import AgentEvent, AgentRun, DoneEvent, ErrorEvent
 from storage.repositories import conversations as conv_repo
-from storage.tenancy import tenant_tx
+from storage.tenancy import principal_settings, tenant_tx
 
 __all__ = ["END", "ChatEventStream", "ChatSession", "SessionEvents", "sse"]
 
@@ -55,7 +55,7 @@ class ChatSession:
     def __init__(
         self, *, run: AgentRun, pool: asyncpg.Pool, tenant_id: UUID, slots: StreamSlots, slot_token: str,
         usage: UsageRecorder, conversation_id: UUID | None, started: float, model: str,
-        shutdown: Shutdown | None = None,
+        shutdown: Shutdown | None = None, owner_id: UUID | None = None,
     ) -> None:
         self.run = run
         self.pool = pool
@@ -64,6 +64,7 @@ class ChatSession:
         self.slot_token: str | None = slot_token
         self.usage = usage
         self.conversation_id = conversation_id
+        self.owner_id = owner_id  # the conversation's owner: the answer is stored as that principal
         self.started = started
         self.model = model
         self.shutdown = shutdown
@@ -142,8 +143,9 @@ class ChatSession:
         if run.usage.total_tokens:
             self.usage.add(self.tenant_id, run.usage.prompt_tokens, run.usage.completion_tokens)
         if self.conversation_id is not None:
+            as_owner = principal_settings(self.owner_id) if self.owner_id is not None else None
             try:
-                async with tenant_tx(self.pool, self.tenant_id) as conn:
+                async with tenant_tx(self.pool, self.tenant_id, local_settings=as_owner) as conn:
                     stored = await conv_repo.add_message(
                         conn, tenant_id=self.tenant_id, conversation_id=self.conversation_id, role="assistant",
                         content=answer, citations=[msgspec.to_builtins(c) for c in run.citations],
