@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -36,7 +36,7 @@ from rag.agent import AgentEvent, AgentRun, DoneEvent, ErrorEvent
 from storage.repositories import conversations as conv_repo
 from storage.tenancy import principal_settings, tenant_tx
 
-__all__ = ["END", "ChatEventStream", "ChatSession", "SessionEvents", "sse"]
+__all__ = ["END", "ChatEventStream", "ChatSession", "EventStream", "SessionEvents", "sse"]
 
 log = logging.getLogger("quarry.chat")
 
@@ -265,8 +265,9 @@ class SessionEvents:
 
 
 class _ClosingStream(ASGIStreamingResponse):
-    """Closes the session whatever ends the body: the last event, or the client hanging up
-    (Litestar then cancels the sending task, which may be parked anywhere, e.g. in `send`)."""
+    """Closes the events (a chat's session, a progress stream's place) whatever ends the body: the
+    last event, or the client hanging up (Litestar then cancels the sending task, which may be
+    parked anywhere, e.g. in `send`, where a plain async generator would not see it)."""
 
     __slots__ = ()
 
@@ -274,15 +275,17 @@ class _ClosingStream(ASGIStreamingResponse):
         try:
             await super().send_body(send, receive)
         finally:
-            if isinstance(self.iterator, SessionEvents):
-                await self.iterator.aclose()
+            close = getattr(self.iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
-class ChatEventStream(Stream):
-    """`text/event-stream` of a session. Events are encoded here rather than by Litestar's
+class EventStream(Stream):
+    """`text/event-stream` of already encoded events (a chat session's, or a document progress
+    stream's), closed by `aclose` at the end. Events are encoded here rather than by Litestar's
     ServerSentEvent, which starts every response with a hop to a worker thread."""
 
-    def __init__(self, events: SessionEvents) -> None:
+    def __init__(self, events: AsyncIterator[bytes]) -> None:
         super().__init__(events, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -293,3 +296,6 @@ class ChatEventStream(Stream):
         assert type(response) is ASGIStreamingResponse
         response.__class__ = _ClosingStream
         return response
+
+
+ChatEventStream = EventStream

@@ -477,17 +477,18 @@ async def test_events_of_one_document(client, make_tenant, run_jobs):
 
 async def test_events_follow_a_document_until_it_is_final(client, make_tenant, run_jobs, pool):
     """Started while the document is queued, the stream reports each change, then `done`.
-    (Driven without HTTP: the test client would block the loop the job needs to run on.)"""
-    from api.documents.controllers import _progress
+    (Driven without HTTP: the test client would block the loop the job needs to run on. Without
+    change notifications, as here, the stream polls: tests/api/test_document_events.py has them.)"""
+    from api.documents.progress import ProgressEvents
 
     t = await make_tenant()
     cid = await new_collection(client, t.headers)
     doc = await upload_text(client, t.headers, cid, "Tardigrades survive the vacuum of space.")
-    stream = _progress(pool, t.id, [uuid.UUID(doc["document_id"])])
-    first = await anext(stream)
-    assert first.event == "status" and msgspec.json.decode(first.data)["status"] == "queued"
+    stream = ProgressEvents(pool, t.id, [uuid.UUID(doc["document_id"])], changes=None, shutdown=None, max_s=600)
+    first = sse_events((await anext(stream)).decode())
+    assert first[0][0] == "status" and first[0][1]["status"] == "queued"
     await run_jobs()
-    rest = [(m.event, msgspec.json.decode(m.data)) async for m in stream]
+    rest = sse_events(b"".join([chunk async for chunk in stream]).decode())
     assert rest == [
         ("status", {"document_id": doc["document_id"], "status": "ready", "chunk_count": 1, "error": None}),
         ("done", {"ready": 1, "failed": 0, "missing": 0}),

@@ -76,7 +76,7 @@ async def test_another_principal_cannot_write_into_the_conversation(pool, owned)
 
 
 async def test_without_a_principal_nothing_is_visible_or_writable(pool, owned):
-    tenant, _, _, conv, _ = owned
+    tenant = owned[0]
     async with tenant_tx(pool, tenant) as conn:
         assert await conn.fetchval("SELECT count(*) FROM conversations") == 0
         assert await conn.fetchval("SELECT count(*) FROM messages") == 0
