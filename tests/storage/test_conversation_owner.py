@@ -98,6 +98,18 @@ async def test_conversations_without_an_owner_are_hidden_from_everyone(pool, own
             assert await conn.fetchval("SELECT count(*) FROM conversations WHERE id = $1", legacy) == 0
             assert await conn.fetchval("SELECT count(*) FROM messages WHERE conversation_id = $1", legacy) == 0
 
+    # docs/chat.md: an operator hands them to an owner (the owner role, as here).
+    async with owner_pool.acquire() as conn, conn.transaction():
+        await conn.execute("UPDATE conversations SET owner_id = $2 WHERE tenant_id = $1 AND owner_id IS NULL",
+                           tenant, alice)
+        await conn.execute("""UPDATE messages m SET owner_id = c.owner_id FROM conversations c
+                              WHERE m.conversation_id = c.id AND m.tenant_id = $1 AND m.owner_id IS NULL""", tenant)
+    async with tenant_tx(pool, tenant, readonly=True, local_settings=principal_settings(alice)) as conn:
+        messages, _ = await conv_repo.list_messages(conn, legacy, 10)
+        assert [m.content for m in messages] == ["old"]
+    async with tenant_tx(pool, tenant, readonly=True, local_settings=principal_settings(bob)) as conn:
+        assert await conn.fetchval("SELECT count(*) FROM conversations WHERE id = $1", legacy) == 0
+
 
 async def test_reassigning_a_conversation_moves_its_messages(pool, owner_pool, owned):
     """The operator's path (docs/chat.md): the owner role hands a conversation to another principal."""
