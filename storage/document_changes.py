@@ -10,8 +10,8 @@ the payload only says *that* something changed, row-level security still decides
 Nothing here is trusted to be complete. While the connection is not subscribed (`live` False:
 before the first watch, while reconnecting, or never under PgBouncer's transaction pooling,
 which cannot carry LISTEN) notifications are lost, so watchers poll on their own; and every
-(re)subscription or loss wakes every watcher, so what changed meanwhile is read again. A ping
-every few seconds detects a connection that died silently.
+(re)subscription or loss wakes every watcher, so what changed meanwhile is read again. A closed
+connection is noticed at once; a ping every few seconds detects one that died silently.
 
 The connection is opened on the first watch, so a process that serves no progress stream holds
 none.
@@ -118,12 +118,17 @@ class DocumentChanges:
             conn = None
             try:
                 conn = await self._connect()
+                closed = asyncio.Event()  # the server ended the session (e.g. a restart): notice it at once
+                conn.add_termination_listener(lambda _conn: closed.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self._conn, self.live, delay = conn, True, 0.2
                 self._subscribed.set()
                 self._wake_all()  # changes made before the subscription were not notified to us
                 while True:
-                    await asyncio.sleep(self.ping_s)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(closed.wait(), self.ping_s)
+                    if closed.is_set():
+                        raise ConnectionError("the listening connection was closed")
                     async with asyncio.timeout(self.ping_s):
                         await conn.fetchval("SELECT 1")
             except asyncio.CancelledError:

@@ -106,7 +106,6 @@ async def test_a_lost_listener_reconnects_and_streams_catch_up(client, make_tena
     cid = await new_collection(client, t.headers)
     docs = [uuid.UUID((await upload_text(client, t.headers, cid, f"Listening {i}."))["document_id"]) for i in range(2)]
     stream = ProgressEvents(pool, t.id, [docs[0]], changes=changes, shutdown=None, max_s=3600)
-    changes.ping_s = 0.5  # notices the loss sooner
     await _started(changes, stream)
     following = asyncio.create_task(_rest(stream))
     gate = asyncio.Event()  # holds the reconnection until the change below is made
