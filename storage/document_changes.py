@@ -119,7 +119,7 @@ class DocumentChanges:
             try:
                 conn = await self._connect()
                 closed = asyncio.Event()  # the server ended the session (e.g. a restart): notice it at once
-                conn.add_termination_listener(lambda _conn: closed.set())
+                conn.add_termination_listener(lambda _conn, event=closed: event.set())
                 await conn.add_listener(CHANNEL, self._on_notify)
                 self._conn, self.live, delay = conn, True, 0.2
                 self._subscribed.set()
