@@ -16,7 +16,7 @@ from pypdf import PdfReader, PdfWriter
 
 from storage.repositories import documents
 from storage.tenancy import tenant_tx
-from tests.api.helpers import assert_problem, bearer, create_key
+from tests.api.helpers import assert_problem, bearer, create_key, versions_synced
 from tests.ingest_helpers import new_collection, upload_text
 
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -423,6 +423,7 @@ async def test_delete_stops_search_at_once_and_removes_chunks(client, make_tenan
 
     member = bearer((await create_key(client, t.headers, "member"))["key"])
     assert (await client.delete(f"/v1/documents/{doc['document_id']}", headers=member)).status_code == 204
+    versions_synced(client)  # the cached results' versions follow NOTIFY: not a race with this client
 
     for mode in ("hybrid", "vector", "keyword"):
         hits = (await client.post("/v1/search", json={"query": "zorblatt engine", "mode": mode},
