@@ -14,7 +14,7 @@ from api.app import app_database_url
 from api.documents import progress
 from api.documents.progress import ProgressEvents, event_slots
 from storage.document_changes import DocumentChanges
-from tests.api.chat_helpers import chat_app, parse_sse
+from tests.api.chat_helpers import chat_app, drive_asgi, parse_sse
 from tests.api.helpers import assert_problem
 from tests.ingest_helpers import new_collection, upload_text
 from tests.replica_helpers import eventually
@@ -181,3 +181,18 @@ async def test_a_stream_ends_at_its_max_lifetime_and_frees_its_place(settings, m
             ("status", "queued"), ("error", "stream_expired")]
         assert events[-1].data["retryable"] is True and "retry: 1000" in r.text
         assert await event_slots(capp.app.state, capp.app.state.settings).in_use(t.id) == 0
+
+
+async def test_a_client_hanging_up_gives_the_place_back(settings, make_tenant):
+    """Otherwise each hang-up would hold a place for the whole lease and lock the tenant out."""
+    async with chat_app(msgspec.structs.replace(settings, event_streams_per_tenant=1)) as capp:
+        t = await make_tenant()
+        cid = await new_collection(capp, t.headers)
+        doc = (await upload_text(capp, t.headers, cid, "Nobody will read this to the end."))["document_id"]
+        slots = event_slots(capp.app.state, capp.app.state.settings)
+        for _ in range(3):  # more hang-ups than places
+            exchange = await drive_asgi(capp.app, "GET", f"/v1/documents/{doc}/events", t.headers, None,
+                                        hang_up_when=lambda body: b'"queued"' in body, within_s=GENEROUS_S)
+            assert exchange.status == 200 and exchange.disconnected_at is not None
+            assert await slots.in_use(t.id) == 0
+        assert capp.app.state.document_changes.watchers() == 0
