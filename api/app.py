@@ -54,6 +54,7 @@ from rag.embedders import make_embedder
 from rag.llm import make_llm_provider
 from storage.blobs import BlobStore
 from storage.db import create_pool
+from storage.document_changes import DocumentChanges
 from storage.replicas import ReplicaSet, WriteMarks, connect_replicas
 from storage.urls import with_credentials
 
@@ -158,6 +159,9 @@ def create_app(settings: Settings) -> Litestar:
         app.state.llm = make_llm_provider(settings)  # connects on the first chat
         app.state.chat_usage = UsageRecorder(app.state.pool)  # LLM tokens, written about once a second
         app.state.chat_redis = limits_redis(settings.redis_url or "redis://127.0.0.1:6379/0")  # stream slots
+        # Progress streams are woken by NOTIFY on one connection, opened by the first stream (api/documents/progress.py)
+        app.state.document_changes = DocumentChanges.connecting_to(app_database_url(settings),
+                                                                   enabled=not settings.db_pgbouncer)
         # Caches, rate limiter and their Redis client (short timeouts, degrades when Redis is down).
         serving = start_serving(settings, app.state.pool, app_database_url(settings))
         app.state.serving = serving
@@ -174,6 +178,7 @@ def create_app(settings: Settings) -> Litestar:
             await serving.aclose()
             await app.state.llm.aclose()
             await app.state.chat_usage.aclose()
+            await app.state.document_changes.stop()
             await app.state.chat_redis.aclose()
             await app.state.embedders.aclose()
             await app.state.embedder.aclose()

@@ -149,6 +149,10 @@ class Settings(msgspec.Struct, kw_only=True, frozen=True, forbid_unknown_fields=
     chat_max_streams_per_tenant: Annotated[int, msgspec.Meta(ge=1)] = 32
     chat_monthly_token_budget: Annotated[int, msgspec.Meta(ge=0)] = 0
     """LLM tokens (prompt + completion) a tenant may use per calendar month (UTC); 0 = unlimited."""
+    event_streams_per_tenant: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 20
+    """Document-progress streams (SSE) of one tenant open at once across all API workers (429 beyond)."""
+    event_stream_max_s: Annotated[float, msgspec.Meta(ge=1, le=86_400)] = 900.0
+    """A document-progress stream ends after this long with a retryable `error` event (reconnect)."""
 
     # --- sources / syncs ---
     connector_allow_private: str = ""

@@ -4,7 +4,8 @@ Row-level security policies compare `tenant_id` with `current_setting('app.tenan
 The setting is made with `set_config(..., true)`, i.e. local to the transaction, on the same
 connection as the queries, so a pooled connection never carries a tenant to the next user.
 Extra transaction-local settings (e.g. `hnsw.ef_search` for a search) ride in the same
-statement, so they cost no extra round trip.
+statement, so they cost no extra round trip; so does the principal (`principal_settings`),
+which the owner-only policies of conversations and messages compare with.
 """
 
 from __future__ import annotations
@@ -15,7 +16,11 @@ from uuid import UUID
 
 import asyncpg
 
-__all__ = ["enter_tenant", "tenant_tx"]
+from storage.models import Principal
+
+__all__ = ["PRINCIPAL_SETTING", "enter_tenant", "principal_id", "principal_settings", "tenant_tx"]
+
+PRINCIPAL_SETTING = "app.principal_id"
 
 
 async def enter_tenant(conn: asyncpg.Connection, tenant_id: UUID | str) -> None:
@@ -38,3 +43,14 @@ async def tenant_tx(
         calls = ", ".join(f"set_config(${2 * i + 1}, ${2 * i + 2}, true)" for i in range(len(names)))
         await conn.execute(f"SELECT {calls}", *[x for pair in zip(names, values, strict=True) for x in pair])
         yield conn
+
+
+def principal_id(principal: Principal) -> UUID:
+    """Who owns what a caller creates (conversations): the key's user if it has one, else the key."""
+    return principal.user_id or principal.key_id
+
+
+def principal_settings(owner_id: UUID) -> dict[str, str]:
+    """`tenant_tx(..., local_settings=principal_settings(owner))`: act as that principal, whose
+    conversations alone row-level security then shows (migration 0011)."""
+    return {PRINCIPAL_SETTING: str(owner_id)}

@@ -4,6 +4,9 @@
 `citation`, then `done` (the stored message, usage, latency) or `error`; `stream: false`
 answers with the same `done` payload as one JSON body. Either way a client that hangs up
 cancels the agent and its LLM call at once.
+
+A conversation belongs to the principal that created it (the key's user, else the key):
+row-level security hides it from every other key of the tenant, which gets 404 (migration 0011).
 """
 
 from __future__ import annotations
@@ -36,7 +39,7 @@ from core.errors import BadRequest, Unprocessable
 from storage.models import Principal
 from storage.repositories import conversations as conv_repo
 from storage.repositories.conversations import Conversation
-from storage.tenancy import tenant_tx
+from storage.tenancy import principal_id, principal_settings, tenant_tx
 
 AnyRequest = Request[Principal, UUID, State]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
@@ -67,7 +70,7 @@ class ConversationController(Controller):
     ) -> Conversation:
         """Start a conversation, optionally scoped to some collections."""
         tenant_id = request.user.tenant_id
-        async with tenant_tx(pool, tenant_id) as conn:
+        async with tenant_tx(pool, tenant_id, local_settings=_as_caller(request)) as conn:
             if data.collections:
                 missing = set(data.collections) - await conv_repo.existing_collections(conn, data.collections)
                 if missing:
@@ -80,7 +83,8 @@ class ConversationController(Controller):
     ) -> ConversationPage:
         """Conversations, newest first (keyset pagination)."""
         after = _decode_cursor(cursor) if cursor else None
-        async with tenant_tx(read_pool, request.user.tenant_id, readonly=True) as conn:
+        async with tenant_tx(read_pool, request.user.tenant_id, readonly=True,
+                             local_settings=_as_caller(request)) as conn:
             items = await conv_repo.list_conversations(conn, after, limit + 1)
         more = len(items) > limit
         items = items[:limit]
@@ -92,7 +96,7 @@ class ConversationController(Controller):
         self, conversation_id: FromPath[UUID], request: AnyRequest, pool: DbPool, messages_limit: MessagesLimit = 200
     ) -> ConversationWithMessages:
         """A conversation with its latest messages (citations, tool calls, tokens, latency)."""
-        async with tenant_tx(pool, request.user.tenant_id, readonly=True) as conn:
+        async with tenant_tx(pool, request.user.tenant_id, readonly=True, local_settings=_as_caller(request)) as conn:
             conversation = await conv_repo.get_conversation(conn, conversation_id)
             messages, more = await conv_repo.list_messages(conn, conversation_id, messages_limit)
         return ConversationWithMessages(
@@ -103,7 +107,7 @@ class ConversationController(Controller):
     @delete(paths.CONVERSATION, operation_id="deleteConversation", guards=[require_role("member")])
     async def delete_conversation(self, conversation_id: FromPath[UUID], request: AnyRequest, pool: DbPool) -> None:
         """Delete a conversation and its messages."""
-        async with tenant_tx(pool, request.user.tenant_id) as conn:
+        async with tenant_tx(pool, request.user.tenant_id, local_settings=_as_caller(request)) as conn:
             await conv_repo.delete_conversation(conn, conversation_id)
 
     @post(paths.CONVERSATION_MESSAGES, operation_id="sendMessage", status_code=200)
@@ -113,7 +117,8 @@ class ConversationController(Controller):
         """Ask the agent in a conversation; earlier turns shape the answer (follow-up questions)."""
         question = _question(data.content)
         session = await start_chat(request.app.state, pool, request.user.tenant_id, question=question,
-                                   collections=data.collections, conversation_id=conversation_id)
+                                   collections=data.collections, conversation_id=conversation_id,
+                                   owner_id=principal_id(request.user))
         return await respond(request, session, data.stream)
 
 
@@ -128,6 +133,12 @@ class ChatController(Controller):
         session = await start_chat(request.app.state, pool, request.user.tenant_id, question=question,
                                    history=history, collections=data.collections)
         return await respond(request, session, data.stream)
+
+
+def _as_caller(request: AnyRequest) -> dict[str, str]:
+    """Conversations are their creator's: row-level security shows the caller only its own
+    (another key of the tenant gets 404)."""
+    return principal_settings(principal_id(request.user))
 
 
 def _question(text: str) -> str:

@@ -47,19 +47,22 @@ class StreamSlots:
     one per chat. Nothing waits for a batch to fill: the call leaves on the loop's next turn.
     """
 
-    def __init__(self, redis: Redis, cap: int, ttl_s: int) -> None:
+    def __init__(self, redis: Redis, cap: int, ttl_s: int, *, kind: str = "chat", busy: str = "chats running") -> None:
+        """`kind` names the semaphore (other streams reuse this class: document progress has its own
+        places, `api.documents.progress`); `busy` completes the 429's "this tenant already has N ..."."""
         self.redis = redis
         self.cap = cap
         self.ttl_s = ttl_s
+        self.kind = kind
+        self.busy = busy
         self.calls = 0  # script calls so far (the batching is observable)
         self._acquires: list[tuple[str, str, asyncio.Future[bool]]] = []
         self._releases: list[tuple[str, str, asyncio.Future[None] | None]] = []
         self._scheduled = False
         self._flushing: set[asyncio.Task[None]] = set()  # strong references
 
-    @staticmethod
-    def key(tenant_id: UUID) -> str:
-        return f"quarry:chat:streams:{tenant_id}"
+    def key(self, tenant_id: UUID) -> str:
+        return f"quarry:{self.kind}:streams:{tenant_id}"
 
     async def acquire(self, tenant_id: UUID) -> str:
         """A slot token, or 429 (with Retry-After) when the tenant already runs `cap` chats."""
@@ -70,9 +73,9 @@ class StreamSlots:
         try:
             acquired = await future
         except (RedisError, OSError) as exc:
-            raise Unavailable("the chat limiter (Redis) is unavailable; try again shortly") from exc
+            raise Unavailable(f"the {self.kind} stream limiter (Redis) is unavailable; try again shortly") from exc
         if not acquired:
-            error = RateLimited(f"this tenant already has {self.cap} chats running; try again when one ends",
+            error = RateLimited(f"this tenant already has {self.cap} {self.busy}; try again when one ends",
                                 limit=self.cap)
             error.headers["Retry-After"] = str(STREAM_RETRY_AFTER_S)
             raise error

@@ -26,7 +26,7 @@ from core.settings import Settings
 from rag.agent import Agent, AgentLimits, strip_citations
 from rag.llm.base import Message
 from storage.repositories import conversations as conv_repo
-from storage.tenancy import tenant_tx
+from storage.tenancy import principal_settings, tenant_tx
 
 __all__ = ["history_messages", "start_chat", "stream_slots"]
 
@@ -59,7 +59,12 @@ def history_messages(turns: Sequence[tuple[str, str]]) -> list[Message]:
 async def start_chat(
     state: Any, pool: asyncpg.Pool, tenant_id: UUID, *, question: str, history: Sequence[tuple[str, str]] = (),
     collections: list[UUID] | None = None, conversation_id: UUID | None = None, instructions: str | None = None,
+    owner_id: UUID | None = None,
 ) -> ChatSession:
+    """`owner_id`: the calling principal (`storage.tenancy.principal_id`), required with a
+    `conversation_id`: only the conversation's owner can read or extend it (404 for others)."""
+    if conversation_id is not None and owner_id is None:
+        raise ValueError("a conversation's chat needs the calling principal (owner_id)")
     settings: Settings = state.settings
     started = time.perf_counter()
     slots = stream_slots(state, settings)
@@ -70,7 +75,7 @@ async def start_chat(
     try:
         if needs_db:  # a plain one-shot chat goes straight to the agent (no round trip before the LLM)
             remaining, scope, history = await _prepare(
-                pool, tenant_id, settings, question, history, collections, conversation_id,
+                pool, tenant_id, owner_id, settings, question, history, collections, conversation_id,
                 lambda month: usage.pending(tenant_id, month))
         else:
             scope = None
@@ -83,17 +88,19 @@ async def start_chat(
     agent = Agent(state.llm, TenantToolbox(pool, tenant_id, state.embedder, scope), limits, instructions=instructions)
     run = agent.start(question, history_messages(history))
     return ChatSession(run=run, pool=pool, tenant_id=tenant_id, slots=slots, slot_token=token, usage=usage,
-                       conversation_id=conversation_id, started=started, model=state.llm.model,
+                       conversation_id=conversation_id, owner_id=owner_id, started=started, model=state.llm.model,
                        shutdown=shutdown_of(state)).start()
 
 
 async def _prepare(
-    pool: asyncpg.Pool, tenant_id: UUID, settings: Settings, question: str, history: Sequence[tuple[str, str]],
-    collections: list[UUID] | None, conversation_id: UUID | None, pending: Callable[[date], int],
+    pool: asyncpg.Pool, tenant_id: UUID, owner_id: UUID | None, settings: Settings, question: str,
+    history: Sequence[tuple[str, str]], collections: list[UUID] | None, conversation_id: UUID | None,
+    pending: Callable[[date], int],
 ) -> tuple[int | None, list[UUID] | None, Sequence[tuple[str, str]]]:
     """One transaction: the budget (429), the scope (422), the conversation (404), its history,
     the user's message. Returns (tokens left this month, scope, history)."""
-    async with tenant_tx(pool, tenant_id) as conn:
+    as_owner = principal_settings(owner_id) if owner_id is not None else None
+    async with tenant_tx(pool, tenant_id, local_settings=as_owner) as conn:
         remaining = await remaining_budget(conn, settings.chat_monthly_token_budget, pending)
         if collections:
             missing = set(collections) - await conv_repo.existing_collections(conn, collections)

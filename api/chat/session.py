@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 from uuid import UUID
 
@@ -34,9 +34,9 @@ from api.shutdown import SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, Shutdown
 from core.errors import Unavailable
 from rag.agent import AgentEvent, AgentRun, DoneEvent, ErrorEvent
 from storage.repositories import conversations as conv_repo
-from storage.tenancy import tenant_tx
+from storage.tenancy import principal_settings, tenant_tx
 
-__all__ = ["END", "ChatEventStream", "ChatSession", "SessionEvents", "sse"]
+__all__ = ["END", "ChatEventStream", "ChatSession", "EventStream", "SessionEvents", "sse"]
 
 log = logging.getLogger("quarry.chat")
 
@@ -55,7 +55,7 @@ class ChatSession:
     def __init__(
         self, *, run: AgentRun, pool: asyncpg.Pool, tenant_id: UUID, slots: StreamSlots, slot_token: str,
         usage: UsageRecorder, conversation_id: UUID | None, started: float, model: str,
-        shutdown: Shutdown | None = None,
+        shutdown: Shutdown | None = None, owner_id: UUID | None = None,
     ) -> None:
         self.run = run
         self.pool = pool
@@ -64,6 +64,7 @@ class ChatSession:
         self.slot_token: str | None = slot_token
         self.usage = usage
         self.conversation_id = conversation_id
+        self.owner_id = owner_id  # the conversation's owner: the answer is stored as that principal
         self.started = started
         self.model = model
         self.shutdown = shutdown
@@ -142,8 +143,9 @@ class ChatSession:
         if run.usage.total_tokens:
             self.usage.add(self.tenant_id, run.usage.prompt_tokens, run.usage.completion_tokens)
         if self.conversation_id is not None:
+            as_owner = principal_settings(self.owner_id) if self.owner_id is not None else None
             try:
-                async with tenant_tx(self.pool, self.tenant_id) as conn:
+                async with tenant_tx(self.pool, self.tenant_id, local_settings=as_owner) as conn:
                     stored = await conv_repo.add_message(
                         conn, tenant_id=self.tenant_id, conversation_id=self.conversation_id, role="assistant",
                         content=answer, citations=[msgspec.to_builtins(c) for c in run.citations],
@@ -263,8 +265,9 @@ class SessionEvents:
 
 
 class _ClosingStream(ASGIStreamingResponse):
-    """Closes the session whatever ends the body: the last event, or the client hanging up
-    (Litestar then cancels the sending task, which may be parked anywhere, e.g. in `send`)."""
+    """Closes the events (a chat's session, a progress stream's place) whatever ends the body: the
+    last event, or the client hanging up (Litestar then cancels the sending task, which may be
+    parked anywhere, e.g. in `send`, where a plain async generator would not see it)."""
 
     __slots__ = ()
 
@@ -272,15 +275,17 @@ class _ClosingStream(ASGIStreamingResponse):
         try:
             await super().send_body(send, receive)
         finally:
-            if isinstance(self.iterator, SessionEvents):
-                await self.iterator.aclose()
+            close = getattr(self.iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
-class ChatEventStream(Stream):
-    """`text/event-stream` of a session. Events are encoded here rather than by Litestar's
+class EventStream(Stream):
+    """`text/event-stream` of already encoded events (a chat session's, or a document progress
+    stream's), closed by `aclose` at the end. Events are encoded here rather than by Litestar's
     ServerSentEvent, which starts every response with a hop to a worker thread."""
 
-    def __init__(self, events: SessionEvents) -> None:
+    def __init__(self, events: AsyncIterator[bytes]) -> None:
         super().__init__(events, media_type="text/event-stream",
                          headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
@@ -291,3 +296,6 @@ class ChatEventStream(Stream):
         assert type(response) is ASGIStreamingResponse
         response.__class__ = _ClosingStream
         return response
+
+
+ChatEventStream = EventStream

@@ -1,9 +1,8 @@
-"""Documents: upload (multipart files or JSON text), get, list, delete, progress over SSE."""
+"""Documents: upload (multipart files or JSON text), get, list, delete, progress over SSE
+(bounded and pushed: api/documents/progress.py)."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated, Any
@@ -13,17 +12,17 @@ import msgspec
 from litestar import Controller, Request, delete, get, post
 from litestar.datastructures import State
 from litestar.params import FromPath, QueryParameter
-from litestar.response import ServerSentEvent, ServerSentEventMessage
+from litestar.response import Stream
 
 from api import paths
 from api.auth import require_role
 from api.deps import DbPool, ReadPool
+from api.documents.progress import progress_stream
 from api.documents.schemas import AcceptedBatch, DocumentPage
 from api.documents.uploads import accept_json, accept_multipart
 from api.json_bodies import refuse_nul
 from api.metadata_filters import MAX_FILTER_BYTES, MAX_FILTER_DEPTH, MAX_FILTER_ENTRIES, filter_problem
 from api.pagination import decode_cursor, encode_cursor
-from api.shutdown import SHUTTING_DOWN, SHUTTING_DOWN_MESSAGE, Shutdown, shutdown_of
 from core.errors import BadRequest, PayloadTooLarge, Unprocessable, UnsupportedMediaType
 from core.settings import Settings
 from storage.models import Document, DocumentStatus, Principal
@@ -32,13 +31,7 @@ from storage.tenancy import tenant_tx
 
 AnyRequest = Request[Principal, UUID, State]
 Limit = Annotated[int, QueryParameter(ge=1, le=200, description="page size")]
-_TERMINAL = {"ready", "failed"}
-_POLL_S = 0.5
-_HEARTBEAT_S = 15.0
 _MAX_EVENT_IDS = 100
-_RETRY_MS = 1000  # the final event of a progress stream cut by a shutdown asks EventSource to reconnect after 1 s
-_SHUTTING_DOWN_DATA = msgspec.json.encode(
-    {"code": SHUTTING_DOWN, "message": SHUTTING_DOWN_MESSAGE, "retryable": True}).decode()
 
 
 class DocumentController(Controller):
@@ -98,27 +91,27 @@ class DocumentController(Controller):
         async with tenant_tx(pool, request.user.tenant_id) as conn:
             await documents.delete_document(conn, document_id)
 
-    @get(paths.DOCUMENT_EVENTS, operation_id="documentEvents")
-    async def events(self, document_id: FromPath[UUID], request: AnyRequest, pool: DbPool) -> ServerSentEvent:
-        """Progress of one document as Server-Sent Events (`status` events, then `done`; `error` with
-        code `shutting_down` when the server stops first: reconnect)."""
-        return ServerSentEvent(_progress(pool, request.user.tenant_id, [document_id],
-                                         shutdown=shutdown_of(request.app.state)))
+    @get(paths.DOCUMENT_EVENTS, operation_id="documentEvents", media_type="text/event-stream")
+    async def events(self, document_id: FromPath[UUID], request: AnyRequest, pool: DbPool) -> Stream:
+        """Progress of one document as Server-Sent Events (`status` events, then `done`; a retryable
+        `error` with code `shutting_down` when the server stops first, or `stream_expired` after
+        QUARRY_EVENT_STREAM_MAX_S: reconnect). 429 when the tenant already has
+        QUARRY_EVENT_STREAMS_PER_TENANT progress streams open."""
+        return await progress_stream(request.app.state, pool, request.user.tenant_id, [document_id])
 
-    @get(paths.DOCUMENTS_EVENTS, operation_id="documentsEvents")
+    @get(paths.DOCUMENTS_EVENTS, operation_id="documentsEvents", media_type="text/event-stream")
     async def batch_events(
         self, request: AnyRequest, pool: DbPool,
         ids: Annotated[str, QueryParameter(description="comma-separated document ids (at most 100)")],
-    ) -> ServerSentEvent:
-        """Progress of a batch of documents as Server-Sent Events."""
+    ) -> Stream:
+        """Progress of a batch of documents as Server-Sent Events (as for one document)."""
         try:
             document_ids = [UUID(x) for x in ids.split(",") if x.strip()]
         except ValueError:
             raise BadRequest("ids must be comma-separated document UUIDs") from None
         if not 0 < len(document_ids) <= _MAX_EVENT_IDS:
             raise Unprocessable(f"give between 1 and {_MAX_EVENT_IDS} document ids")
-        return ServerSentEvent(_progress(pool, request.user.tenant_id, document_ids,
-                                         shutdown=shutdown_of(request.app.state)))
+        return await progress_stream(request.app.state, pool, request.user.tenant_id, document_ids)
 
 
 async def _read_limited(stream: AsyncIterator[bytes], limit: int) -> bytes:
@@ -150,47 +143,3 @@ def _decode_metadata(raw: str) -> dict[str, Any]:
         raise Unprocessable(problem)
     refuse_nul(value)
     return value
-
-
-async def _progress(
-    pool: Any, tenant_id: UUID, document_ids: list[UUID], *, shutdown: Shutdown | None = None
-) -> AsyncIterator[ServerSentEventMessage]:
-    """Poll the documents and emit each change of status; `done` when all are final.
-    Ids the tenant cannot see are reported as `missing` (RLS hides other tenants' rows).
-    When the server begins shutting down, a final `error` (`shutting_down`, retryable) ends the
-    stream at once: a new stream, on another worker, starts from the current state."""
-    last: dict[UUID, tuple[str, int]] = {}
-    idle = 0.0
-    while True:
-        async with tenant_tx(pool, tenant_id, readonly=True) as conn:
-            found = {d.id: d for d in await documents.get_documents(conn, document_ids)}
-        for doc_id in document_ids:
-            doc = found.get(doc_id)
-            state = (doc.status, doc.chunk_count) if doc else ("missing", 0)
-            if last.get(doc_id) != state:
-                last[doc_id] = state
-                idle = 0.0
-                yield ServerSentEventMessage(event="status", data=msgspec.json.encode(
-                    {"document_id": str(doc_id), "status": state[0], "chunk_count": state[1],
-                     "error": doc.error if doc else None}).decode())
-        if all(s[0] in _TERMINAL or s[0] == "missing" for s in last.values()):
-            counts = {s: sum(1 for v in last.values() if v[0] == s) for s in ("ready", "failed", "missing")}
-            yield ServerSentEventMessage(event="done", data=msgspec.json.encode(counts).decode())
-            return
-        if await _shutting_down(shutdown, _POLL_S):
-            yield ServerSentEventMessage(event="error", retry=_RETRY_MS, data=_SHUTTING_DOWN_DATA)
-            return
-        idle += _POLL_S
-        if idle >= _HEARTBEAT_S:
-            idle = 0.0
-            yield ServerSentEventMessage(comment="keep-alive")
-
-
-async def _shutting_down(shutdown: Shutdown | None, within_s: float) -> bool:
-    """Wait `within_s`; True as soon as the shutdown begins."""
-    if shutdown is None:
-        await asyncio.sleep(within_s)
-        return False
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(shutdown.event.wait(), within_s)
-    return shutdown.started

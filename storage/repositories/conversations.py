@@ -1,4 +1,5 @@
-"""Conversations and their messages (run inside `tenant_tx`: RLS scopes every query)."""
+"""Conversations and their messages (run inside `tenant_tx` with `principal_settings`: RLS scopes
+every query to the tenant and to the calling principal, who owns what it creates - migration 0011)."""
 
 from __future__ import annotations
 
@@ -75,7 +76,7 @@ async def get_conversation(conn: asyncpg.Connection, conversation_id: UUID) -> C
 async def list_conversations(
     conn: asyncpg.Connection, after: tuple[datetime, UUID] | None, limit: int
 ) -> list[Conversation]:
-    """Newest first; keyset on (created_at DESC, id) — the order of the conversations_tenant index."""
+    """Newest first; keyset on (created_at DESC, id) — the order of the conversations_owner index."""
     if after is None:
         rows = await conn.fetch(
             f"SELECT {_CONVERSATION} FROM conversations ORDER BY created_at DESC, id LIMIT $1", limit)

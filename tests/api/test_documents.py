@@ -16,7 +16,7 @@ from pypdf import PdfReader, PdfWriter
 
 from storage.repositories import documents
 from storage.tenancy import tenant_tx
-from tests.api.helpers import assert_problem, bearer, create_key
+from tests.api.helpers import assert_problem, bearer, create_key, versions_synced
 from tests.ingest_helpers import new_collection, upload_text
 
 DOCX_MIME = "application/vnd.openxmlformats-officedocument.wordprocessingml.document"
@@ -423,6 +423,7 @@ async def test_delete_stops_search_at_once_and_removes_chunks(client, make_tenan
 
     member = bearer((await create_key(client, t.headers, "member"))["key"])
     assert (await client.delete(f"/v1/documents/{doc['document_id']}", headers=member)).status_code == 204
+    versions_synced(client)  # the cached results' versions follow NOTIFY: not a race with this client
 
     for mode in ("hybrid", "vector", "keyword"):
         hits = (await client.post("/v1/search", json={"query": "zorblatt engine", "mode": mode},
@@ -477,17 +478,18 @@ async def test_events_of_one_document(client, make_tenant, run_jobs):
 
 async def test_events_follow_a_document_until_it_is_final(client, make_tenant, run_jobs, pool):
     """Started while the document is queued, the stream reports each change, then `done`.
-    (Driven without HTTP: the test client would block the loop the job needs to run on.)"""
-    from api.documents.controllers import _progress
+    (Driven without HTTP: the test client would block the loop the job needs to run on. Without
+    change notifications, as here, the stream polls: tests/api/test_document_events.py has them.)"""
+    from api.documents.progress import ProgressEvents
 
     t = await make_tenant()
     cid = await new_collection(client, t.headers)
     doc = await upload_text(client, t.headers, cid, "Tardigrades survive the vacuum of space.")
-    stream = _progress(pool, t.id, [uuid.UUID(doc["document_id"])])
-    first = await anext(stream)
-    assert first.event == "status" and msgspec.json.decode(first.data)["status"] == "queued"
+    stream = ProgressEvents(pool, t.id, [uuid.UUID(doc["document_id"])], changes=None, shutdown=None, max_s=600)
+    first = sse_events((await anext(stream)).decode())
+    assert first[0][0] == "status" and first[0][1]["status"] == "queued"
     await run_jobs()
-    rest = [(m.event, msgspec.json.decode(m.data)) async for m in stream]
+    rest = sse_events(b"".join([chunk async for chunk in stream]).decode())
     assert rest == [
         ("status", {"document_id": doc["document_id"], "status": "ready", "chunk_count": 1, "error": None}),
         ("done", {"ready": 1, "failed": 0, "missing": 0}),

@@ -28,7 +28,7 @@ from storage.embedded import free_port
 from storage.repositories import collections as collection_repo
 from storage.repositories import conversations as conv_repo
 from storage.repositories import documents as document_repo
-from storage.tenancy import tenant_tx
+from storage.tenancy import principal_settings, tenant_tx
 from tests.api.chat_helpers import chat_app, parse_sse
 
 REPO = Path(__file__).resolve().parents[2]
@@ -153,6 +153,7 @@ async def test_sigterm_ends_open_streams_with_a_final_event(settings, make_tenan
         t = await make_tenant()
         async with httpx.AsyncClient(base_url=server.base, headers=t.headers) as client:
             conv = (await client.post("/v1/conversations", json={})).json()["id"]
+            owner = uuid.UUID((await client.get("/v1/me")).json()["key_id"])  # the conversation's owner
         document_id = await _queued_document(pool, t.id)
 
         chat = OpenStream.start(server.base, "POST", f"/v1/conversations/{conv}/messages", t.headers,
@@ -194,7 +195,7 @@ async def test_sigterm_ends_open_streams_with_a_final_event(settings, make_tenan
         # The agents were stopped: both LLM calls were cancelled, not left running for 40 s.
         assert [r.outcome for r in sim.chat_requests] == ["cancelled", "cancelled"]
         # ...and the partial answer is stored as on a client hang-up.
-        async with tenant_tx(pool, t.id) as conn:
+        async with tenant_tx(pool, t.id, local_settings=principal_settings(owner)) as conn:
             messages, _ = await conv_repo.list_messages(conn, uuid.UUID(conv), 10)
         assert [(m.role, m.status) for m in messages] == [("user", "complete"), ("assistant", "cancelled")]
         assert messages[1].content == streamed

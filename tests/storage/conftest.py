@@ -11,7 +11,7 @@ import pytest
 
 from storage.migrate import ensure_database
 from storage.repositories import api_keys, users
-from storage.tenancy import tenant_tx
+from storage.tenancy import principal_settings, tenant_tx
 from storage.urls import with_database
 
 
@@ -47,6 +47,12 @@ class Seeded:
     tenant_id: uuid.UUID
     admin_key: str
     ids: dict[str, object] = field(default_factory=dict)
+    principal: uuid.UUID = field(default_factory=uuid.uuid4)
+    """The owner of the seeded conversation and message (conversations are per principal)."""
+
+    @property
+    def as_owner(self) -> dict[str, str]:
+        return principal_settings(self.principal)
 
 
 async def seed_tenant(pool: asyncpg.Pool, handle) -> Seeded:
@@ -77,6 +83,7 @@ async def seed_tenant(pool: asyncpg.Pool, handle) -> Seeded:
         ids["embeddings"] = ids["chunks"]
         ids["sync_runs"] = await conn.fetchval(
             "INSERT INTO sync_runs (tenant_id, source_id) VALUES ($1, $2) RETURNING id", t, ids["sources"])
+        await conn.execute("SELECT set_config('app.principal_id', $1, true)", str(seeded.principal))
         ids["conversations"] = await conn.fetchval(
             "INSERT INTO conversations (tenant_id, title) VALUES ($1, 'c') RETURNING id", t)
         ids["messages"] = await conn.fetchval(

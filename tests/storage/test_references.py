@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import uuid
+
 import asyncpg
 import pytest
 
-from storage.tenancy import tenant_tx
+from storage.tenancy import principal_settings, tenant_tx
 
 
 async def _collection(pool, tenant_id, name="c"):
@@ -24,9 +26,10 @@ async def test_document_cannot_point_at_another_tenants_collection(pool, make_te
 
 async def test_message_cannot_point_at_another_tenants_conversation(pool, make_tenant):
     a, b = await make_tenant(), await make_tenant()
-    async with tenant_tx(pool, b.id) as conn:
+    same_principal = principal_settings(uuid.uuid4())  # only the tenant differs (owners: migration 0011)
+    async with tenant_tx(pool, b.id, local_settings=same_principal) as conn:
         conv = await conn.fetchval("INSERT INTO conversations (tenant_id) VALUES ($1) RETURNING id", b.id)
-    async with tenant_tx(pool, a.id) as conn:
+    async with tenant_tx(pool, a.id, local_settings=same_principal) as conn:
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await conn.execute(
                 "INSERT INTO messages (tenant_id, conversation_id, role, content) VALUES ($1, $2, 'user', 'x')",

@@ -30,7 +30,7 @@ async def test_app_role_sees_nothing_without_a_tenant(pool, owner_pool, two_tena
 
 async def test_tenant_sees_only_its_own_rows(pool, two_tenants):
     a, _ = two_tenants
-    async with tenant_tx(pool, a.tenant_id, readonly=True) as conn:
+    async with tenant_tx(pool, a.tenant_id, readonly=True, local_settings=a.as_owner) as conn:
         for table in TENANT_TABLES:
             owners = await conn.fetch(f"SELECT DISTINCT tenant_id FROM {table}")
             assert [r["tenant_id"] for r in owners] == [a.tenant_id], table
@@ -49,15 +49,15 @@ async def test_tenant_cannot_touch_other_tenants_rows(pool, two_tenants, table):
     a, b = two_tenants
     column = ID_COLUMN.get(table, "id")
     target = b.ids[table]
-    async with tenant_tx(pool, b.tenant_id, readonly=True) as conn:
+    async with tenant_tx(pool, b.tenant_id, readonly=True, local_settings=b.as_owner) as conn:
         before = await conn.fetchrow(f"SELECT * FROM {table} WHERE {column} = $1", target)
     assert before is not None
-    async with tenant_tx(pool, a.tenant_id) as conn:
+    async with tenant_tx(pool, a.tenant_id, local_settings=a.as_owner) as conn:
         assert await conn.fetchrow(f"SELECT * FROM {table} WHERE {column} = $1", target) is None
         update = f"UPDATE {table} SET tenant_id = tenant_id WHERE {column} = $1"
         assert await conn.execute(update, target) == "UPDATE 0"
         assert await conn.execute(f"DELETE FROM {table} WHERE {column} = $1", target) == "DELETE 0"
-    async with tenant_tx(pool, b.tenant_id, readonly=True) as conn:
+    async with tenant_tx(pool, b.tenant_id, readonly=True, local_settings=b.as_owner) as conn:
         assert await conn.fetchrow(f"SELECT * FROM {table} WHERE {column} = $1", target) == before
 
 
