@@ -209,16 +209,17 @@ async def _sources(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, args
 
 async def _inline_sync(settings: Settings, pool: asyncpg.Pool, tenant_id: UUID, source_id: UUID) -> int:
     from pipelines.embedding import EmbedderResolver
-    from pipelines.sync import SyncDeps, sync_source
+    from pipelines.sync import SyncDeps, sync_parser, sync_source
     from rag.chunking import HFTokenizer
     from rag.embedders import make_embedder, tokenizer_path
 
     embedder = make_embedder(settings)
     resolver = EmbedderResolver(embedder, settings)
     try:
-        deps = SyncDeps(pool=pool, settings=settings, tokenizer=HFTokenizer.from_file(tokenizer_path()),
-                        embedders=resolver, scratch_dir=settings.data_path / "sync-scratch")
-        report = await sync_source(deps, tenant_id, source_id, trigger="manual")
+        async with sync_parser(settings) as parser:
+            deps = SyncDeps(pool=pool, settings=settings, tokenizer=HFTokenizer.from_file(tokenizer_path()),
+                            parser=parser, embedders=resolver, scratch_dir=settings.data_path / "sync-scratch")
+            report = await sync_source(deps, tenant_id, source_id, trigger="manual")
     finally:
         await resolver.aclose()
         await embedder.aclose()

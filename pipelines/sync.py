@@ -25,7 +25,8 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -47,8 +48,9 @@ from rag.connectors import (
     NetPolicy,
     make_connector,
 )
-from rag.embedders import Embedder
+from rag.embedders import Embedder, tokenizer_path
 from rag.ingest import prepare_file
+from rag.parse_pool import ParsePool
 from rag.parsing import FORMATS, detect_format
 from storage.models import ChunkRow
 from storage.repositories import chunks as chunk_repo
@@ -58,7 +60,8 @@ from storage.tenancy import tenant_tx
 
 from .embedding import EmbedderResolver, UnknownEmbedder
 
-__all__ = ["SyncBusy", "SyncDeps", "SyncReport", "folder_roots", "lock_holder_name", "net_policy", "sync_source"]
+__all__ = ["SyncBusy", "SyncDeps", "SyncReport", "folder_roots", "lock_holder_name", "net_policy", "sync_parser",
+           "sync_source"]
 
 _log = logging.getLogger("quarry.pipelines.sync")
 PROGRESS_EVERY_S = 1.0
@@ -73,6 +76,7 @@ class SyncDeps:
     pool: asyncpg.Pool  # the application role: row-level security applies
     settings: Settings
     tokenizer: TokenOffsets
+    parser: ParsePool  # connector items are parsed and chunked in killable processes, like uploads
     embedders: EmbedderResolver
     scratch_dir: Path
 
@@ -88,6 +92,19 @@ class SyncReport:
 def lock_holder_name(dagster_run_id: str | None) -> str:
     """application_name of the connection holding a source's lock (at most 63 characters)."""
     return f"quarry-sync {dagster_run_id or 'inline'}"[:63]
+
+
+@asynccontextmanager
+async def sync_parser(settings: Settings) -> AsyncIterator[ParsePool]:
+    """The parsing process of one sync run (its items are prepared one at a time), bounded in time
+    and memory by the same settings as the ingestion worker's (QUARRY_PARSE_*)."""
+    parser = ParsePool(tokenizer_path(), workers=1, timeout_s=settings.parse_timeout_s,
+                       max_memory_mb=settings.parse_max_memory_mb)
+    await parser.start()
+    try:
+        yield parser
+    finally:
+        await asyncio.to_thread(parser.close)
 
 
 def net_policy(settings: Settings) -> NetPolicy:
@@ -303,6 +320,7 @@ class _Run:
                 path, fmt, tokenizer=self.deps.tokenizer, embedder=embedder,
                 # The embedder's limit counts its special tokens; the chunker's does not.
                 max_tokens=min(s.chunk_tokens, embedder.max_tokens - 2), overlap_tokens=s.chunk_overlap_tokens,
+                parser=self.deps.parser,
             )
         finally:
             await asyncio.to_thread(path.unlink, missing_ok=True)

@@ -26,7 +26,7 @@ from dagster import (
 
 from pipelines.embedding import EmbedderResolver
 from pipelines.resources import EmbedderResource, QuarryResource
-from pipelines.sync import SyncDeps, SyncReport, sync_source
+from pipelines.sync import SyncDeps, SyncReport, sync_parser, sync_source
 from rag.chunking import HFTokenizer
 from rag.embedders import tokenizer_path
 from storage.db import create_pool
@@ -80,13 +80,14 @@ def run_sync(
         embedder = embedder_resource.make(settings)
         resolver = EmbedderResolver(embedder, settings)
         try:
-            deps = SyncDeps(pool=pool, settings=settings, tokenizer=HFTokenizer.from_file(tokenizer_path()),
-                            embedders=resolver, scratch_dir=settings.data_path / "sync-scratch")
-            return await sync_source(
-                deps, tenant_id, UUID(source_id), run_id=run_id,
-                trigger=trigger if trigger in ("manual", "schedule", "api") else "manual",  # type: ignore[arg-type]
-                dagster_run_id=dagster_run_id, on_item=lambda uri, outcome: log.debug(f"{outcome}: {uri}"),
-            )
+            async with sync_parser(settings) as parser:
+                deps = SyncDeps(pool=pool, settings=settings, tokenizer=HFTokenizer.from_file(tokenizer_path()),
+                                parser=parser, embedders=resolver, scratch_dir=settings.data_path / "sync-scratch")
+                return await sync_source(
+                    deps, tenant_id, UUID(source_id), run_id=run_id,
+                    trigger=trigger if trigger in ("manual", "schedule", "api") else "manual",  # type: ignore[arg-type]
+                    dagster_run_id=dagster_run_id, on_item=lambda uri, outcome: log.debug(f"{outcome}: {uri}"),
+                )
         finally:
             await resolver.aclose()
             await embedder.aclose()

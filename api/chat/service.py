@@ -85,7 +85,9 @@ async def start_chat(
     max_tokens = settings.agent_max_tokens if remaining is None else min(settings.agent_max_tokens, remaining)
     limits = AgentLimits(max_steps=settings.agent_max_steps, max_tokens=max_tokens,
                          max_answer_tokens=settings.agent_max_answer_tokens, deadline_s=settings.agent_deadline_s)
-    agent = Agent(state.llm, TenantToolbox(pool, tenant_id, state.embedder, scope), limits, instructions=instructions)
+    toolbox = TenantToolbox(pool, tenant_id, state.embedder, scope,
+                            statement_timeout_ms=settings.search_statement_timeout_ms)
+    agent = Agent(state.llm, toolbox, limits, instructions=instructions)
     run = agent.start(question, history_messages(history))
     return ChatSession(run=run, pool=pool, tenant_id=tenant_id, slots=slots, slot_token=token, usage=usage,
                        conversation_id=conversation_id, owner_id=owner_id, started=started, model=state.llm.model,

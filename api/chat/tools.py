@@ -8,7 +8,7 @@ from uuid import UUID
 
 import asyncpg
 
-from core.errors import NotFound
+from core.errors import NotFound, Unavailable
 from rag.agent.protocol import CollectionInfo, Passage
 from rag.embedders import Embedder
 from storage.repositories import chunks, collections, documents
@@ -23,9 +23,12 @@ _MAX_COLLECTIONS = 200
 
 class TenantToolbox:
     def __init__(
-        self, pool: asyncpg.Pool, tenant_id: UUID, embedder: Embedder, collection_ids: list[UUID] | None
+        self, pool: asyncpg.Pool, tenant_id: UUID, embedder: Embedder, collection_ids: list[UUID] | None,
+        *, statement_timeout_ms: int,
     ) -> None:
         self.pool = pool
+        # The same bound as /v1/search: a hostile query cannot hold a connection for long.
+        self.search_settings = {**SEARCH_SETTINGS, "statement_timeout": str(statement_timeout_ms)}
         self.tenant_id = tenant_id
         self.embedder = embedder
         self.scope = collection_ids
@@ -38,11 +41,14 @@ class TenantToolbox:
             if not ids:
                 raise NotFound(f"no collection named {collection!r} is available to this chat")
         vector = (await self.embedder.embed([query]))[0]
-        async with tenant_tx(self.pool, self.tenant_id, readonly=True, local_settings=SEARCH_SETTINGS) as conn:
-            hits = await search_chunks(
-                conn, query_text=query, query_vector=vector, embedder=self.embedder.name, dim=self.embedder.dim,
-                mode="hybrid", collection_ids=ids, metadata=None, k=k, offset=0, candidates=max(_CANDIDATES, k),
-            )
+        try:
+            async with tenant_tx(self.pool, self.tenant_id, readonly=True, local_settings=self.search_settings) as conn:
+                hits = await search_chunks(
+                    conn, query_text=query, query_vector=vector, embedder=self.embedder.name, dim=self.embedder.dim,
+                    mode="hybrid", collection_ids=ids, metadata=None, k=k, offset=0, candidates=max(_CANDIDATES, k),
+                )
+        except asyncpg.QueryCanceledError:  # reported to the model as a tool error, like other refusals
+            raise Unavailable("the search took longer than the server allows; try a shorter query") from None
         return [Passage(chunk_id=h.chunk_id, document_id=h.document_id, collection_id=h.collection_id, title=h.title,
                         uri=h.uri, ord=h.ord, text=h.text, heading=h.heading, page=h.page, score=h.score)
                 for h in hits]

@@ -198,14 +198,14 @@ async def test_tools_cannot_reach_another_tenants_chunks(capp, make_tenant, run_
     await load_corpus(capp, b.headers, run_jobs)
     async with tenant_tx(pool, b.id, readonly=True) as conn:
         b_chunk = await conn.fetchval("SELECT min(id) FROM chunks")
-    toolbox_a = TenantToolbox(pool, a.id, capp.app.state.embedder, None)
+    toolbox_a = TenantToolbox(pool, a.id, capp.app.state.embedder, None, statement_timeout_ms=5000)
     with pytest.raises(NotFound):
         await toolbox_a.read_document(b_chunk, before=2, after=2)
     hits = await toolbox_a.search("Where do penguins live?", k=20, collection=None)
     async with tenant_tx(pool, a.id, readonly=True) as conn:
         own = {r["id"] for r in await conn.fetch("SELECT id FROM chunks")}
     assert hits and {h.chunk_id for h in hits} <= own
-    toolbox_b = TenantToolbox(pool, b.id, capp.app.state.embedder, None)
+    toolbox_b = TenantToolbox(pool, b.id, capp.app.state.embedder, None, statement_timeout_ms=5000)
     neighbours = await toolbox_b.read_document(b_chunk, before=1, after=1)
     assert [p.chunk_id for p in neighbours] == [b_chunk]
 

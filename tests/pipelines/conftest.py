@@ -74,8 +74,8 @@ async def make_deps(pool: Any, worker_ctx: dict, tmp_path: Path) -> AsyncIterato
     def factory(settings: Settings, **extra: Any) -> SyncDeps:
         resolver = EmbedderResolver(worker_ctx["embedder"], settings, extra.get("embedders"))
         resolvers.append(resolver)
-        return SyncDeps(pool=pool, settings=settings, tokenizer=worker_ctx["tokenizer"], embedders=resolver,
-                        scratch_dir=tmp_path / "scratch")
+        return SyncDeps(pool=pool, settings=settings, tokenizer=worker_ctx["tokenizer"],
+                        parser=worker_ctx["parser"], embedders=resolver, scratch_dir=tmp_path / "scratch")
 
     yield factory
     for resolver in resolvers:  # embedders it built (e.g. OpenAI-compatible clients) are closed

@@ -9,7 +9,7 @@ from uuid import UUID
 
 from core.settings import load_settings
 from pipelines.embedding import EmbedderResolver
-from pipelines.sync import SyncDeps, sync_source
+from pipelines.sync import SyncDeps, sync_parser, sync_source
 from rag.chunking import HFTokenizer
 from rag.embedders import HashingEmbedder, tokenizer_path
 from storage.db import create_pool
@@ -25,10 +25,11 @@ async def main(app_url: str, tenant_id: str, source_id: str, roots: str, scratch
     settings = load_settings(environ={}, dotenv=None, connector_folder_roots=roots)
     pool = await create_pool(app_url, min_size=1, max_size=3)
     embedder = SlowHashing()
-    deps = SyncDeps(pool=pool, settings=settings, tokenizer=HFTokenizer.from_file(tokenizer_path()),
-                    embedders=EmbedderResolver(embedder, settings), scratch_dir=Path(scratch))
-    print("started", flush=True)
-    await sync_source(deps, UUID(tenant_id), UUID(source_id))
+    async with sync_parser(settings) as parser:
+        deps = SyncDeps(pool=pool, settings=settings, tokenizer=HFTokenizer.from_file(tokenizer_path()),
+                        parser=parser, embedders=EmbedderResolver(embedder, settings), scratch_dir=Path(scratch))
+        print("started", flush=True)
+        await sync_source(deps, UUID(tenant_id), UUID(source_id))
 
 
 if __name__ == "__main__":

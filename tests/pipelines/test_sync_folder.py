@@ -7,6 +7,7 @@ import os
 import threading
 
 import msgspec
+import psutil
 import pytest
 
 from pipelines.sync import SyncBusy, sync_source
@@ -204,3 +205,32 @@ async def test_hung_run_is_stopped_at_its_max_runtime_and_frees_its_lock(
     monkeypatch.setattr(FolderConnector, "_read", real_read)
     again = (await sync_source(make_deps(sync_settings), tenant.id, source.id)).run
     assert again.status == "succeeded" and (again.added, again.skipped) == (2 - run.added, run.added)
+
+
+async def test_an_item_whose_parse_hangs_is_killed_and_fails_alone(
+    pool, make_tenant, make_source, make_deps, sync_settings, tenant_dir, tmp_path
+):
+    """Synced items are parsed in the same killable processes as uploads: one that spins in a C
+    regex is killed at the parse timeout and fails alone; the run goes on."""
+    from rag.embedders import tokenizer_path
+    from rag.parse_pool import ParsePool
+    from tests.jobs.hostile import catastrophic_regex
+
+    tenant = await make_tenant()
+    folder = tenant_dir(tenant.id)
+    (folder / "spins.txt").write_text("A document its parser never finishes.")
+    source = await make_source(tenant.id, "folder", {"path": str(folder)})
+    parser = ParsePool(tokenizer_path(), workers=1, timeout_s=1, max_memory_mb=1024, parse=catastrophic_regex)
+    await parser.start()
+    try:
+        deps = make_deps(sync_settings)
+        deps.parser = parser
+        report = await sync_source(deps, tenant.id, source.id)
+    finally:
+        await asyncio.to_thread(parser.close)
+    assert report.run.status == "succeeded", report.run.errors
+    assert report.run.failed == 1
+    assert "longer than 1 s" in report.run.errors[0]["error"], report.run.errors
+    # The hostile parser wrote its pid beside the item's scratch copy (make_deps: tmp_path/scratch).
+    pids = [int(p.read_text()) for p in (tmp_path / "scratch").glob("*.pid")]
+    assert pids and not any(psutil.pid_exists(pid) for pid in pids)
