@@ -40,7 +40,7 @@ from api.openapi import document_problems
 from api.problems import exception_handlers
 from api.replicas import read_your_writes_middleware
 from api.search.controllers import SearchController
-from api.serving import Serving, api_pool_size, start_serving
+from api.serving import OPERATOR_POOL_SIZE, Serving, api_pool_size, start_serving
 from api.serving import exception_handlers as serving_exception_handlers
 from api.shutdown import shutdown_lifespan
 from api.sources.controllers import SourceController
@@ -142,8 +142,9 @@ def create_app(settings: Settings) -> Litestar:
         # (storage/migrate.py): a small owner-role pool of their own, never used for tenant work.
         assert settings.database_url is not None  # app_database_url checked it
         app.state.operator_pool = await create_pool(
-            settings.database_url, min_size=0, max_size=2, statement_timeout_ms=settings.db_statement_timeout_ms,
-            acquire_timeout_s=settings.db_acquire_timeout_s, pgbouncer=settings.db_pgbouncer, metrics_name="operator",
+            settings.database_url, min_size=0, max_size=OPERATOR_POOL_SIZE,
+            statement_timeout_ms=settings.db_statement_timeout_ms, acquire_timeout_s=settings.db_acquire_timeout_s,
+            pgbouncer=settings.db_pgbouncer, metrics_name="operator",
         )
         # ArqRedis is a redis.asyncio.Redis that can also enqueue jobs. Built without a ping,
         # so the API starts while Redis is down (and /readyz says so).

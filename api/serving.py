@@ -38,11 +38,17 @@ def listens(settings: Settings) -> bool:
     return settings.search_cache_ttl_s > 0 and not settings.db_pgbouncer
 
 
+OPERATOR_POOL_SIZE = 2
+"""Owner-role connections of each API worker's operator endpoints (api/app.py), opened on use."""
+
+
 def api_pool_size(settings: Settings) -> int:
-    """Each API worker's share of the global connection budget (less its LISTEN connection),
-    at most QUARRY_DB_POOL_MAX."""
+    """Each API worker's share of the global connection budget, less what the worker holds
+    outside its pool: the LISTEN connections (collection versions, document progress) and the
+    operator endpoints' small pool. At most QUARRY_DB_POOL_MAX."""
     budget = settings.db_max_connections - ARQ_WORKER_POOL_SIZE * settings.arq_workers
-    per_worker = budget // settings.api_workers - (1 if listens(settings) else 0)
+    listeners = (1 if listens(settings) else 0) + (0 if settings.db_pgbouncer else 1)
+    per_worker = budget // settings.api_workers - listeners - OPERATOR_POOL_SIZE
     return max(1, min(settings.db_pool_max, per_worker))
 
 

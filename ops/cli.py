@@ -7,6 +7,7 @@
     quarry keys revoke PREFIX
     quarry perf PROFILE [...]                  load/stress/endurance suite (docs/perf-suite.md)
     quarry sources list|create|update|enable|disable|delete|sync|runs --tenant NAME ...
+    quarry sources rotate-secrets              re-encrypt S3 credentials with the first QUARRY_SECRET_KEY
     quarry backfill --tenant NAME --collection NAME --model M --dim N [--base-url URL]
 
 A bad setting stops any command with a one-line message naming it and exit code 2.

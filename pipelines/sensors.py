@@ -81,15 +81,9 @@ async def _tick(database_url: str, now: datetime) -> tuple[list[source_repo.Sche
                 tick = due_tick(s.schedule, s.last_scheduled_at or s.updated_at, now)
                 if tick is not None:
                     await run_repo.queue_scheduled(conn, s.tenant_id, s.id, tick)
-        running = await conn.fetch("SELECT id, dagster_run_id FROM sync_runs WHERE status = 'running'")
-        queued = await run_repo.queued_runs(conn)
-        return all_sources, queued + [r for r in await _running(conn, running)]
+        return all_sources, await run_repo.queued_runs(conn) + await run_repo.running_runs(conn)
     finally:
         await conn.close()
-
-
-async def _running(conn: asyncpg.Connection, rows: list[Any]) -> list[run_repo.SyncRun]:
-    return [await run_repo.get_run(conn, r["id"]) for r in rows]
 
 
 async def _fail_rows(database_url: str, failures: list[tuple[Any, str, Any]], terminate: list[int]) -> None:
@@ -97,7 +91,7 @@ async def _fail_rows(database_url: str, failures: list[tuple[Any, str, Any]], te
     try:
         for pid in terminate:
             try:
-                await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+                await source_repo.end_session(conn, pid)
             except asyncpg.InsufficientPrivilegeError:
                 _log.warning("cannot end the connection %s of a stopped sync run (the owner role needs "
                              "pg_signal_backend); its source stays locked until that process exits", pid)
@@ -113,22 +107,12 @@ async def _lock_holders(database_url: str, source_ids: list[str]) -> dict[str, l
         return {}
     conn = await asyncpg.connect(database_url)
     try:
-        rows = await conn.fetch(
-            # A bigint advisory lock shows in pg_locks as classid = high 32 bits, objid = low 32 bits.
-            """SELECT s.id, l.pid, coalesce(a.application_name, '') AS application_name
-               FROM unnest($1::text[], $2::text[]) AS s(id, lock_key)
-               CROSS JOIN LATERAL (SELECT hashtextextended(s.lock_key, 0) AS k) h
-               JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
-                    AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                    AND l.classid = ((h.k >> 32) & 4294967295)::oid AND l.objid = (h.k & 4294967295)::oid
-               LEFT JOIN pg_stat_activity a ON a.pid = l.pid""",
-            source_ids, [source_repo.lock_key(i) for i in source_ids],
-        )
+        rows = await source_repo.lock_holders(conn, source_ids)
     finally:
         await conn.close()
     holders: dict[str, list[tuple[int, str]]] = {}
-    for row in rows:
-        holders.setdefault(row["id"], []).append((row["pid"], row["application_name"]))
+    for source_id, pid, name in rows:
+        holders.setdefault(source_id, []).append((pid, name))
     return holders
 
 

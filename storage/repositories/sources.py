@@ -14,8 +14,9 @@ from core.errors import Conflict, NotFound, Unprocessable
 from storage.repositories._rows import to_struct, to_structs
 
 __all__ = [
-    "ScheduledSource", "Source", "SourceKind", "configs_with_fields", "create_source", "delete_source", "get_source",
-    "list_sources", "lock_key", "replace_config", "scheduled_sources", "set_cursor", "update_source",
+    "ScheduledSource", "Source", "SourceKind", "configs_with_fields", "create_source", "delete_source", "end_session",
+    "get_source", "list_sources", "lock_holders", "lock_key", "replace_config", "scheduled_sources", "set_cursor",
+    "update_source",
 ]
 
 SourceKind = Literal["folder", "website", "s3"]
@@ -174,3 +175,26 @@ async def configs_with_fields(owner_conn: asyncpg.Connection, fields: list[str])
 async def replace_config(owner_conn: asyncpg.Connection, source_id: UUID, config: dict[str, Any]) -> None:
     """A new config without touching updated_at (a re-encryption changes nothing a user set)."""
     await owner_conn.execute("UPDATE sources SET config = $2 WHERE id = $1", source_id, config)
+
+
+async def lock_holders(owner_conn: asyncpg.Connection, source_ids: list[str]) -> list[tuple[str, int, str]]:
+    """(source id, pid, application_name) of each session holding a source's sync lock, read from
+    pg_locks: looking, not taking the lock (taking it could make a starting run fail as busy)."""
+    rows = await owner_conn.fetch(
+        # A bigint advisory lock shows in pg_locks as classid = high 32 bits, objid = low 32 bits.
+        """SELECT s.id, l.pid, coalesce(a.application_name, '') AS application_name
+           FROM unnest($1::text[], $2::text[]) AS s(id, lock_key)
+           CROSS JOIN LATERAL (SELECT hashtextextended(s.lock_key, 0) AS k) h
+           JOIN pg_locks l ON l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
+                AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.classid = ((h.k >> 32) & 4294967295)::oid AND l.objid = (h.k & 4294967295)::oid
+           LEFT JOIN pg_stat_activity a ON a.pid = l.pid""",
+        source_ids, [lock_key(i) for i in source_ids],
+    )
+    return [(r["id"], r["pid"], r["application_name"]) for r in rows]
+
+
+async def end_session(owner_conn: asyncpg.Connection, pid: int) -> None:
+    """End a database session (a sync run Dagster gave up on, still holding its lock): its
+    session-level lock goes with it. Needs superuser or pg_signal_backend."""
+    await owner_conn.fetchval("SELECT pg_terminate_backend($1)", pid)

@@ -21,7 +21,7 @@ from storage.repositories._rows import to_struct, to_structs
 
 __all__ = [
     "MAX_ERRORS", "Counts", "RunStatus", "SyncRun", "Trigger", "claim_run", "fail_run", "finish_run", "get_run",
-    "latest_runs", "list_runs", "queue_scheduled", "queued_runs", "record_progress", "request_run",
+    "latest_runs", "list_runs", "queue_scheduled", "queued_runs", "record_progress", "request_run", "running_runs",
 ]
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "canceled"]
@@ -204,3 +204,9 @@ async def queue_scheduled(conn: asyncpg.Connection, tenant_id: UUID, source_id: 
             tenant_id, source_id,
         )
         return bool(inserted)
+
+
+async def running_runs(conn: asyncpg.Connection) -> list[SyncRun]:
+    """Every run marked `running` (the owner role: all tenants), for the sensor's stale-run check."""
+    rows = await conn.fetch("SELECT id FROM sync_runs WHERE status = 'running'")
+    return [await get_run(conn, r["id"]) for r in rows]

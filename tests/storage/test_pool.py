@@ -28,8 +28,10 @@ def app_client():
 
 def test_pool_size_splits_the_connection_budget():
     s = load_settings(environ={}, dotenv=None, db_max_connections=80, api_workers=4, arq_workers=2, db_pool_max=50)
-    assert api_pool_size(s) == (80 - 2 * 4) // 4 - 1 == 17  # one per worker LISTENs (collection versions)
-    assert api_pool_size(msgspec.structs.replace(s, db_pgbouncer=True)) == 18  # no LISTEN through PgBouncer
+    # Each worker also holds two LISTEN connections (collection versions, document progress) and
+    # an operator pool of 2 (owner role) outside its pool.
+    assert api_pool_size(s) == (80 - 2 * 4) // 4 - 2 - 2 == 14
+    assert api_pool_size(msgspec.structs.replace(s, db_pgbouncer=True)) == 16  # no LISTEN through PgBouncer
     s = msgspec.structs.replace(s, db_pool_max=10)
     assert api_pool_size(s) == 10  # the per-process cap
     s = load_settings(environ={}, dotenv=None, db_max_connections=3, api_workers=8, arq_workers=1)
