@@ -44,14 +44,6 @@ async def checkers(monkeypatch):
         await asyncio.to_thread(pool.close)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 @pytest.fixture
 async def live(settings):
     """The app on this test's event loop (the `client` fixture serves one request at a time)."""
@@ -78,7 +70,7 @@ async def test_a_check_that_does_not_end_is_killed_and_answered_422(live, make_t
 
     body = assert_problem(await upload, 422)
     assert body["detail"] == "report.pdf: the file could not be checked within 3 s"
-    assert not alive(int(pid_files[0].read_text()))
+    assert not hostile.alive(int(pid_files[0].read_text()))
     pid_files[0].unlink()
     assert (await list_documents(client, t.headers))["items"] == []
 

@@ -13,6 +13,15 @@ from pathlib import Path
 from rag.parsing import ParsedDocument, parse_file
 
 
+def alive(pid: int) -> bool:
+    """Whether a process (a pool worker the test watched) still exists."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def pid_file(path: Path) -> Path:
     return path.with_name(path.name + ".pid")
 

@@ -39,14 +39,6 @@ async def parse_pool(**kwargs: Any) -> AsyncIterator[ParsePool]:
         await asyncio.to_thread(pool.close)
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def recorded_pid(ctx: dict[str, Any], doc: Any) -> int:
     path = pid_path(ctx, doc)
     pid = int(path.read_text())
@@ -65,7 +57,7 @@ class SlotReleases:
         self.pid_files.append(pid_path)
 
     def alive_now(self) -> bool:
-        return any(alive(int(p.read_text())) for p in self.pid_files if p.exists())
+        return any(hostile.alive(int(p.read_text())) for p in self.pid_files if p.exists())
 
 
 @pytest.fixture
@@ -97,7 +89,7 @@ async def test_parse_past_the_timeout_is_killed_and_fails_the_document(ctx, pool
     assert after["attempts"] == 1  # a content problem: not retried
     assert after["chunks"] == after["embeddings"] == 0
     assert not blob_exists(ctx, doc)
-    assert not alive(pid)
+    assert not hostile.alive(pid)
     key = f"quarry:ingest:slots:{doc.tenant_id}"
     assert await redis.zcard(key) == 0
     # The slot was released once, and by then the process stuck in C code was gone.
@@ -141,7 +133,7 @@ async def test_cancelled_job_kills_the_parse_and_requeues_the_document(ctx, pool
         with pytest.raises(asyncio.CancelledError):
             await job
         pid = recorded_pid(ctx, doc)
-        assert not alive(pid)
+        assert not hostile.alive(pid)
     after = await state(pool, doc)
     assert after["status"] == "queued" and after["error"] == "interrupted (the worker stopped); will be retried"
     key = f"quarry:ingest:slots:{doc.tenant_id}"
@@ -160,7 +152,7 @@ async def test_job_past_its_deadline_fails_the_document(ctx, pool, tenant, redis
     assert result == {"status": "failed", "error": "ingestion took longer than 1 s"}
     after = await state(pool, doc)
     assert after["status"] == "failed" and after["error"] == "ingestion took longer than 1 s"
-    assert not alive(pid)
+    assert not hostile.alive(pid)
     assert await redis.zcard(f"quarry:ingest:slots:{doc.tenant_id}") == 0
 
 
@@ -192,7 +184,7 @@ async def test_parse_errors_come_back_from_the_worker_process(ctx, pool, tenant)
     async with parse_pool(parse=hostile.recording) as parser:
         result = await ingest_document(dict(ctx, parser=parser), *doc.args())
         pid = recorded_pid(ctx, doc)
-        assert alive(pid)  # a parse error is an answer, not a crash: the process serves on
+        assert hostile.alive(pid)  # a parse error is an answer, not a crash: the process serves on
     after = await state(pool, doc)
     assert result["status"] == after["status"] == "failed" and after["attempts"] == 1
     assert after["error"] == result["error"] and "corrupt" in after["error"], after["error"]
